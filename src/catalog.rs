@@ -1,0 +1,362 @@
+//! The catalog: streams, sinks and queries by name (control plane, between the SQL
+//! layer and the runtime).
+//!
+//! Applying an application is all-or-nothing: its statements run against a copy of
+//! the catalog, and the copy replaces the original only if every statement succeeded.
+//! Connector options are checked here too (through [`ConnectorCheck`], which the
+//! runtime implements), so a typo in a sink option fails the submission, not the
+//! first write.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+use crate::decode::DecodeColumn;
+use crate::error::{Error, Position, Result};
+use crate::sql::planner::{ARRIVAL_TIME, Planner, StreamInfo};
+use crate::sql::{self, ObjectKind, Options, Statement};
+use crate::engine::QueryPlan;
+
+/// Default largest record a stream accepts (bytes); larger ones go to the error output.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// Validates connector options; implemented where the connectors are known.
+pub trait ConnectorCheck {
+    fn check_source(&self, connector: &str, options: &Options) -> Result<()>;
+    fn check_sink(&self, connector: &str, options: &Options) -> Result<()>;
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamDef {
+    pub name: String,
+    pub sql: String,
+    pub columns: Vec<DecodeColumn>,
+    /// Event-time column; `None` means processing time (`arrival_time`).
+    pub event_time: Option<String>,
+    pub watermark_delay_ms: i64,
+    pub idle_timeout_ms: Option<i64>,
+    pub max_record_bytes: usize,
+    /// Sink receiving this stream's malformed and late records (default: the log).
+    pub error_sink: Option<String>,
+    pub connector: String,
+    /// The connector's own options.
+    pub options: Options,
+    pub info: Arc<StreamInfo>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SinkDef {
+    pub name: String,
+    pub sql: String,
+    pub connector: String,
+    pub options: Options,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueryDef {
+    pub name: String,
+    pub sql: String,
+    pub sink: Option<String>,
+    pub plan: Arc<QueryPlan>,
+}
+
+/// What applying one statement did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Created(ObjectKind, String),
+    Dropped(ObjectKind, String),
+    /// `IF NOT EXISTS` / `IF EXISTS` made the statement a no-op.
+    Unchanged(ObjectKind, String),
+}
+
+#[derive(Clone, Default)]
+pub struct Catalog {
+    planner: Planner,
+    pub streams: BTreeMap<String, StreamDef>,
+    pub sinks: BTreeMap<String, SinkDef>,
+    pub queries: BTreeMap<String, QueryDef>,
+}
+
+impl Catalog {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies a whole application; on any error nothing changes.
+    pub fn apply(&mut self, sql: &str, connectors: &dyn ConnectorCheck) -> Result<Vec<Change>> {
+        let statements = sql::parse_application(sql)?;
+        let mut next = self.clone();
+        let mut changes = Vec::with_capacity(statements.len());
+        for s in statements {
+            let change = next
+                .apply_one(s.statement, s.text, connectors)
+                .map_err(|e| e.or_at(s.position))?;
+            changes.push(change);
+        }
+        *self = next;
+        Ok(changes)
+    }
+
+    fn apply_one(&mut self, statement: Statement, text: String, connectors: &dyn ConnectorCheck) -> Result<Change> {
+        match statement {
+            Statement::CreateStream(s) => {
+                if self.streams.contains_key(&s.name) {
+                    if s.if_not_exists {
+                        return Ok(Change::Unchanged(ObjectKind::Stream, s.name));
+                    }
+                    return Err(Error::user_at(format!("stream '{}' already exists", s.name), s.position));
+                }
+                let def = self.stream_def(s, text, connectors)?;
+                let name = def.name.clone();
+                self.streams.insert(name.clone(), def);
+                Ok(Change::Created(ObjectKind::Stream, name))
+            }
+            Statement::CreateSink(s) => {
+                if self.sinks.contains_key(&s.name) {
+                    if s.if_not_exists {
+                        return Ok(Change::Unchanged(ObjectKind::Sink, s.name));
+                    }
+                    return Err(Error::user_at(format!("sink '{}' already exists", s.name), s.position));
+                }
+                let mut options = s.options;
+                let connector = options.require_string("connector", "CREATE SINK")?;
+                connectors.check_sink(&connector, &options).map_err(|e| e.or_at(s.position))?;
+                // Keep only the connector's own keys for the runtime.
+                options.take("connector");
+                self.sinks.insert(
+                    s.name.clone(),
+                    SinkDef { name: s.name.clone(), sql: text, connector, options },
+                );
+                Ok(Change::Created(ObjectKind::Sink, s.name))
+            }
+            Statement::Query(q) => {
+                if let Some(sink) = &q.sink
+                    && !self.sinks.contains_key(sink)
+                {
+                    return Err(Error::user_at(
+                        format!("unknown sink '{sink}' (create it first with CREATE SINK {sink} WITH (connector = …))"),
+                        q.position,
+                    ));
+                }
+                let streams: Vec<Arc<StreamInfo>> = self.streams.values().map(|s| Arc::clone(&s.info)).collect();
+                let plan = self.planner.plan_query(&q, &streams)?;
+                let name = match &q.name {
+                    Some(n) => {
+                        if self.queries.contains_key(n) {
+                            return Err(Error::user_at(format!("query '{n}' already exists"), q.position));
+                        }
+                        n.clone()
+                    }
+                    None => self.fresh_query_name(q.sink.as_deref().unwrap_or("select")),
+                };
+                self.queries.insert(
+                    name.clone(),
+                    QueryDef { name: name.clone(), sql: text, sink: q.sink.clone(), plan: Arc::new(plan) },
+                );
+                Ok(Change::Created(ObjectKind::Query, name))
+            }
+            Statement::Drop(d) => {
+                let exists = match d.kind {
+                    ObjectKind::Stream => self.streams.contains_key(&d.name),
+                    ObjectKind::Sink => self.sinks.contains_key(&d.name),
+                    ObjectKind::Query => self.queries.contains_key(&d.name),
+                };
+                if !exists {
+                    if d.if_exists {
+                        return Ok(Change::Unchanged(d.kind, d.name));
+                    }
+                    return Err(Error::user_at(format!("{} '{}' does not exist", d.kind, d.name), d.position));
+                }
+                let users: Vec<&str> = self
+                    .queries
+                    .values()
+                    .filter(|q| match d.kind {
+                        ObjectKind::Stream => q.plan.stream == d.name,
+                        ObjectKind::Sink => q.sink.as_deref() == Some(d.name.as_str()),
+                        ObjectKind::Query => false,
+                    })
+                    .map(|q| q.name.as_str())
+                    .collect();
+                let error_users: Vec<&str> = match d.kind {
+                    ObjectKind::Sink => self
+                        .streams
+                        .values()
+                        .filter(|s| s.error_sink.as_deref() == Some(d.name.as_str()))
+                        .map(|s| s.name.as_str())
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                if !users.is_empty() || !error_users.is_empty() {
+                    let mut who: Vec<String> = users.iter().map(|q| format!("query '{q}'")).collect();
+                    who.extend(error_users.iter().map(|s| format!("stream '{s}' (errors)")));
+                    return Err(Error::user_at(
+                        format!("{} '{}' is in use by {}; drop those first", d.kind, d.name, who.join(", ")),
+                        d.position,
+                    ));
+                }
+                match d.kind {
+                    ObjectKind::Stream => self.streams.remove(&d.name).map(|_| ()),
+                    ObjectKind::Sink => self.sinks.remove(&d.name).map(|_| ()),
+                    ObjectKind::Query => self.queries.remove(&d.name).map(|_| ()),
+                };
+                Ok(Change::Dropped(d.kind, d.name))
+            }
+        }
+    }
+
+    fn fresh_query_name(&self, base: &str) -> String {
+        if base != "select" && !self.queries.contains_key(base) {
+            return base.to_string();
+        }
+        (1..)
+            .map(|i| format!("{base}_{i}"))
+            .find(|n| !self.queries.contains_key(n))
+            .expect("some name is free")
+    }
+
+    fn stream_def(&self, s: sql::CreateStream, text: String, connectors: &dyn ConnectorCheck) -> Result<StreamDef> {
+        let mut options = s.options;
+        let connector = options.require_string("connector", "CREATE STREAM")?;
+        if let Some(format) = options.take("format")
+            && !format.value.eq_ignore_ascii_case("json")
+        {
+            return Err(Error::user_at(
+                format!("format '{}' is not supported; streams read 'json' (objects, arrays or NDJSON)", format.value),
+                format.position,
+            ));
+        }
+        let option_time = options.take("event_time");
+        let option_delay = options.take_duration("watermark_delay")?;
+        let idle_timeout_ms = options.take_duration("idle_timeout")?.map(|d| d.as_millis() as i64);
+        let max_record_bytes = options
+            .take_u64("max_record_bytes")?
+            .map(|n| n as usize)
+            .unwrap_or(DEFAULT_MAX_RECORD_BYTES);
+        let error_sink = options.take_string("errors");
+        if let Some(e) = &error_sink
+            && !self.sinks.contains_key(e)
+        {
+            return Err(Error::user_at(format!("errors = '{e}' names no sink; create the sink first"), s.position));
+        }
+
+        let mut columns = Vec::with_capacity(s.columns.len());
+        for c in &s.columns {
+            if c.name == ARRIVAL_TIME || c.name == "window_start" || c.name == "window_end" {
+                return Err(Error::user_at(
+                    format!(
+                        "column name '{}' is reserved; read that JSON field under another name with \
+                         PATH, e.g. {}_ TIMESTAMP PATH '{}'",
+                        c.name, c.name, c.name
+                    ),
+                    c.position,
+                ));
+            }
+            let data_type = self.planner.resolve_type(&c.sql_type, c.position)?;
+            columns.push(DecodeColumn { name: c.name.clone(), data_type, nullable: c.nullable, path: c.path.clone() });
+        }
+
+        let (event_time, delay_ms, at) = match (&s.watermark, option_time) {
+            (Some(_), Some(o)) => {
+                return Err(Error::user_at(
+                    "event time is declared twice: use either WATERMARK FOR or the event_time option",
+                    o.position,
+                ));
+            }
+            (Some(w), None) => {
+                if option_delay.is_some() {
+                    return Err(Error::user_at("watermark_delay conflicts with WATERMARK FOR", w.position));
+                }
+                let delay = match &w.delay {
+                    None => 0,
+                    Some(e) => self.planner.interval_ms(e, w.position)?,
+                };
+                (Some(w.column.clone()), delay, w.position)
+            }
+            (None, Some(o)) => (
+                Some(o.value.clone()),
+                option_delay.map(|d| d.as_millis() as i64).unwrap_or(0),
+                o.position,
+            ),
+            (None, None) => {
+                if option_delay.is_some() {
+                    return Err(Error::user_at("watermark_delay needs event_time", s.position));
+                }
+                (None, 0, s.position)
+            }
+        };
+        let time_index = match &event_time {
+            None => columns.len(),
+            Some(t) => {
+                let i = columns.iter().position(|c| &c.name == t).ok_or_else(|| {
+                    Error::user_at(format!("event-time column '{t}' is not a column of stream '{}'", s.name), at)
+                })?;
+                if !matches!(columns[i].data_type, DataType::Timestamp(TimeUnit::Millisecond, _)) {
+                    return Err(Error::user_at(
+                        format!(
+                            "event-time column '{t}' must be TIMESTAMP (milliseconds; JSON numbers are epoch \
+                             milliseconds, strings RFC 3339), not {}",
+                            columns[i].data_type
+                        ),
+                        at,
+                    ));
+                }
+                // Event time must always be present: windows need it.
+                columns[i].data_type = DataType::Timestamp(TimeUnit::Millisecond, None);
+                i
+            }
+        };
+        let mut fields: Vec<Field> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Field::new(&c.name, c.data_type.clone(), c.nullable && i != time_index))
+            .collect();
+        fields.push(Field::new(ARRIVAL_TIME, DataType::Timestamp(TimeUnit::Millisecond, None), false));
+        let info = Arc::new(StreamInfo {
+            name: s.name.clone(),
+            schema: Arc::new(Schema::new(fields)),
+            declared: columns.iter().map(|c| c.name.clone()).collect(),
+            time_index,
+        });
+        connectors.check_source(&connector, &options).map_err(|e| e.or_at(s.position))?;
+        options.take("connector");
+        Ok(StreamDef {
+            name: s.name,
+            sql: text,
+            columns,
+            event_time,
+            watermark_delay_ms: delay_ms,
+            idle_timeout_ms,
+            max_record_bytes,
+            error_sink,
+            connector,
+            options,
+            info,
+        })
+    }
+
+    pub fn stream(&self, name: &str) -> Option<&StreamDef> {
+        self.streams.get(name)
+    }
+
+    /// The queries reading a stream.
+    pub fn queries_on<'a>(&'a self, stream: &'a str) -> impl Iterator<Item = &'a QueryDef> + 'a {
+        self.queries.values().filter(move |q| q.plan.stream == stream)
+    }
+}
+
+/// Accepts any connector and option: for offline checks of SQL alone.
+#[derive(Debug, Default)]
+pub struct AnyConnector;
+
+impl ConnectorCheck for AnyConnector {
+    fn check_source(&self, _: &str, _: &Options) -> Result<()> {
+        Ok(())
+    }
+    fn check_sink(&self, _: &str, _: &Options) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[allow(dead_code)]
+fn _position(_: Position) {}

@@ -1,0 +1,57 @@
+//! Sinks: where query results go (last stage of the data flow).
+//!
+//! A sink receives the batches of every query that inserts into it, one at a time, and
+//! is flushed when those queries stop. `write` returning slowly is how a sink pushes
+//! back: its queries wait, and their sources with them.
+//!
+//! One file per connector; [`build`] is the one place connectors are registered.
+
+pub mod file;
+pub mod stdout;
+
+use std::path::PathBuf;
+
+use datafusion::arrow::array::RecordBatch;
+use futures::future::BoxFuture;
+
+use crate::error::{Error, Result};
+use crate::sql::Options;
+
+/// The contract of every sink connector.
+pub trait Sink: Send {
+    /// Writes one batch. Returning `Ok` means the rows are handed on (written, or
+    /// buffered to be written by `flush`).
+    fn write<'a>(&'a mut self, batch: &'a RecordBatch) -> BoxFuture<'a, Result<()>>;
+
+    /// Makes everything written so far durable or visible; called at shutdown.
+    fn flush(&mut self) -> BoxFuture<'_, Result<()>>;
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SinkContext {
+    /// When set, file paths must lie under this directory (SQL from untrusted users).
+    pub file_root: Option<PathBuf>,
+}
+
+pub const CONNECTORS: [&str; 2] = ["file", "stdout"];
+
+pub fn build(connector: &str, options: &Options, ctx: &SinkContext) -> Result<Box<dyn Sink>> {
+    let options = options.clone();
+    match connector {
+        "file" => Ok(Box::new(file::FileSink::from_options(options, ctx)?)),
+        "stdout" => Ok(Box::new(stdout::StdoutSink::from_options(options)?)),
+        other => Err(Error::user(format!(
+            "unknown sink connector '{other}'; available: {}",
+            CONNECTORS.join(", ")
+        ))),
+    }
+}
+
+/// Encodes a batch as JSON lines (one object per row; nulls omitted, timestamps as
+/// ISO 8601).
+pub fn to_json_lines(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<()> {
+    let mut w = arrow_json::LineDelimitedWriter::new(out);
+    w.write(batch)?;
+    w.finish()?;
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! Sources: where a stream's bytes come from (first stage of the data flow).
+//!
+//! A source produces [`Chunk`]s of raw JSON (one or more records each) into a bounded
+//! channel; the stream's decode stage turns them into batches. A full channel makes the
+//! source wait, so a slow query slows its source instead of buffering without bound.
+//! A source stops when its input ends (it returns `Ok`) or when the receiver is dropped
+//! (shutdown: its next send fails and it returns).
+//!
+//! One file per connector; [`build`] is the one place connectors are registered.
+
+pub mod file;
+pub mod simulator;
+
+use std::path::PathBuf;
+
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+
+pub use crate::decode::Chunk;
+use crate::error::{Error, Result};
+use crate::sql::Options;
+
+/// The contract of every source connector.
+pub trait Source: Send {
+    /// How many independent partitions the source reads (the stream's watermark is the
+    /// minimum over them).
+    fn partitions(&self) -> usize {
+        1
+    }
+
+    /// Produces chunks until the input ends or `out` is closed.
+    fn run(self: Box<Self>, out: mpsc::Sender<Chunk>) -> BoxFuture<'static, Result<()>>;
+}
+
+/// What sources may touch on this host.
+#[derive(Debug, Clone, Default)]
+pub struct SourceContext {
+    /// When set, file paths must lie under this directory (SQL from untrusted users).
+    pub file_root: Option<PathBuf>,
+}
+
+/// The source connectors, by name.
+pub const CONNECTORS: [&str; 2] = ["file", "simulator"];
+
+/// Builds a source from its connector name and options, rejecting unknown options.
+pub fn build(connector: &str, options: &Options, ctx: &SourceContext) -> Result<Box<dyn Source>> {
+    let options = options.clone();
+    match connector {
+        "file" => Ok(Box::new(file::FileSource::from_options(options, ctx)?)),
+        "simulator" => Ok(Box::new(simulator::Simulator::from_options(options)?)),
+        other => Err(Error::user(format!(
+            "unknown source connector '{other}'; available: {}",
+            CONNECTORS.join(", ")
+        ))),
+    }
+}
+
+/// Resolves a user-given path against the allowed root, if any.
+pub(crate) fn resolve_path(path: &str, root: Option<&PathBuf>) -> Result<PathBuf> {
+    let p = PathBuf::from(path);
+    let Some(root) = root else {
+        return Ok(p);
+    };
+    let joined = root.join(&p);
+    let escapes = p.is_absolute()
+        || p.components().any(|c| matches!(c, std::path::Component::ParentDir));
+    if escapes {
+        return Err(Error::user(format!(
+            "path '{path}' must be relative to the data directory and stay inside it"
+        )));
+    }
+    Ok(joined)
+}

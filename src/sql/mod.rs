@@ -1,0 +1,119 @@
+//! The SQL surface (first stop of a submitted application): our statements parsed from
+//! text, and queries planned into what the engine runs.
+//!
+//! ```text
+//! app.sql ──parse──> [Statement] ──catalog──> CREATE STREAM / SINK definitions
+//!                                   └──plan──> QueryPlan (DataFusion logical plan → engine operators)
+//! ```
+//!
+//! Stock sqlparser has no `CREATE STREAM`, `CREATE SINK`, `WATERMARK FOR` or
+//! `DROP QUERY`, so [`parser`] reads those itself on top of sqlparser's tokenizer and
+//! expression parser, and hands `INSERT INTO … SELECT` and `SELECT` to sqlparser whole.
+//! Planning ([`planner`]) is DataFusion's: types, functions and their errors come from it.
+
+pub mod options;
+pub mod parser;
+pub mod planner;
+mod rewrite;
+
+use datafusion::sql::sqlparser::ast;
+
+use crate::error::Position;
+pub use options::Options;
+pub use parser::parse_application;
+
+/// One statement of an application, with where it starts and its source text.
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub statement: Statement,
+    pub position: Position,
+    /// The statement's text as the user wrote it (kept for the catalog and the API).
+    pub text: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Statement {
+    CreateStream(CreateStream),
+    CreateSink(CreateSink),
+    Query(QueryStatement),
+    Drop(DropStatement),
+}
+
+/// `CREATE STREAM name (columns…, [WATERMARK FOR col AS col - INTERVAL …]) WITH (…)`.
+#[derive(Debug, Clone)]
+pub struct CreateStream {
+    pub name: String,
+    pub if_not_exists: bool,
+    pub columns: Vec<ColumnDef>,
+    /// `WATERMARK FOR` clause, when written in the column list.
+    pub watermark: Option<WatermarkClause>,
+    pub options: Options,
+    pub position: Position,
+}
+
+/// A typed stream column and where its value comes from in each JSON record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnDef {
+    /// The name SQL uses (identifiers are case-sensitive, as written).
+    pub name: String,
+    /// The type as written; the planner resolves it to an Arrow type.
+    pub sql_type: ast::DataType,
+    pub nullable: bool,
+    /// JSON path: field names from the record's top level down. Defaults to `[name]`.
+    pub path: Vec<String>,
+    pub position: Position,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatermarkClause {
+    pub column: String,
+    /// `INTERVAL …` subtracted from the column (`None`: no delay).
+    pub delay: Option<ast::Expr>,
+    pub position: Position,
+}
+
+/// `CREATE SINK name WITH (connector = '…', …)`.
+#[derive(Debug, Clone)]
+pub struct CreateSink {
+    pub name: String,
+    pub if_not_exists: bool,
+    pub options: Options,
+    pub position: Position,
+}
+
+/// A continuous query: `[CREATE QUERY name AS] INSERT INTO sink SELECT …`, or a bare
+/// `SELECT …` whose output is only observable live.
+#[derive(Debug, Clone)]
+pub struct QueryStatement {
+    /// Given with `CREATE QUERY name AS`; otherwise the catalog names the query.
+    pub name: Option<String>,
+    pub sink: Option<String>,
+    pub query: Box<ast::Query>,
+    pub position: Position,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    Stream,
+    Sink,
+    Query,
+}
+
+impl std::fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ObjectKind::Stream => "stream",
+            ObjectKind::Sink => "sink",
+            ObjectKind::Query => "query",
+        })
+    }
+}
+
+/// `DROP STREAM | SINK | QUERY [IF EXISTS] name`.
+#[derive(Debug, Clone)]
+pub struct DropStatement {
+    pub kind: ObjectKind,
+    pub name: String,
+    pub if_exists: bool,
+    pub position: Position,
+}
