@@ -1,0 +1,2 @@
+//! SQL logic tests (being written).
+fn main() {}

@@ -1,0 +1,5 @@
+//! Integration tests: one binary, one module per area (ripgrep's layout), so the
+//! suite links DataFusion once.
+
+mod cli;
+mod differential;
