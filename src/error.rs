@@ -119,7 +119,8 @@ impl From<std::io::Error> for Error {
 /// DataFusion prefixes messages with the error class ("Error during planning: ");
 /// users read the sentence, not the class.
 fn strip_df_prefix(m: &str) -> String {
-    const PREFIXES: [&str; 5] = [
+    const PREFIXES: [&str; 6] = [
+        "Arrow error: ",
         "Error during planning: ",
         "Schema error: ",
         "SQL error: ",

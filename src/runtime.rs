@@ -303,7 +303,7 @@ const SINK_CHANNEL: usize = 16;
 
 /// Runs every query of the catalog until all their inputs end or `shutdown` turns
 /// true. Open windows are emitted when an input ends, not on shutdown.
-pub async fn run(catalog: &Catalog, options: RunOptions, mut shutdown: watch::Receiver<bool>) -> Result<RunReport> {
+pub async fn run(catalog: &Catalog, options: RunOptions, shutdown: watch::Receiver<bool>) -> Result<RunReport> {
     let clock = SystemClock;
     // Sinks: one task each, fed by every query writing to it.
     let mut sink_senders: BTreeMap<String, mpsc::Sender<RecordBatch>> = BTreeMap::new();

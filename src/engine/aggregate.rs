@@ -89,9 +89,15 @@ impl AggregatePlan {
             .collect::<datafusion::error::Result<Vec<_>>>()?;
         let mut args = Vec::with_capacity(self.aggregates.len());
         for a in &self.aggregates {
+            // Arguments, then ORDER BY columns: order-sensitive aggregates
+            // (first_value, array_agg … ORDER BY) sort their own input, as in
+            // DataFusion's own aggregation.
+            let exprs = a
+                .expressions()
+                .into_iter()
+                .chain(a.order_bys().iter().map(|o| Arc::clone(&o.expr)));
             args.push(
-                a.expressions()
-                    .iter()
+                exprs
                     .map(|e| e.evaluate(batch).and_then(|v| v.into_array(n)))
                     .collect::<datafusion::error::Result<Vec<_>>>()?,
             );
@@ -124,14 +130,25 @@ impl AggregatePlan {
         values: Vec<ArrayRef>,
         rows: usize,
     ) -> Result<RecordBatch> {
+        let starts = Arc::new(TimestampMillisecondArray::from_value(start, rows));
+        let ends = Arc::new(TimestampMillisecondArray::from_value(end, rows));
+        self.output_batch_with_bounds(starts, ends, keys, values, rows)
+    }
+
+    /// Like [`AggregatePlan::output_batch`], with bounds per row (sessions).
+    pub(crate) fn output_batch_with_bounds(
+        &self,
+        starts: ArrayRef,
+        ends: ArrayRef,
+        keys: Vec<ArrayRef>,
+        values: Vec<ArrayRef>,
+        rows: usize,
+    ) -> Result<RecordBatch> {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.output_schema.fields().len());
-        let constant = |v: i64| -> ArrayRef {
-            Arc::new(TimestampMillisecondArray::from_value(v, rows))
-        };
         for g in &self.group_layout {
             columns.push(match g {
-                GroupKey::WindowStart => constant(start),
-                GroupKey::WindowEnd => constant(end),
+                GroupKey::WindowStart => Arc::clone(&starts),
+                GroupKey::WindowEnd => Arc::clone(&ends),
                 GroupKey::Key(i) => Arc::clone(&keys[*i]),
             });
         }

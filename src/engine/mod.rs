@@ -135,7 +135,33 @@ impl Query {
         self.counters.rows_in += batch.num_rows() as u64;
         let batch = self.split_late(batch, arrival_ms, &mut out)?;
         let input = self.input(&batch)?;
-        let pre = apply_all(&self.plan.pre, input)?;
+        if let Err(e) = self.process(&input, &mut out) {
+            if !e.is_user() {
+                return Err(e);
+            }
+            // Some record made an expression fail (a division by zero, a failed
+            // CAST): find which, row by row, so only those go to the error output.
+            for row in 0..input.num_rows() {
+                if let Err(e) = self.process(&input.slice(row, 1), &mut out) {
+                    if !e.is_user() {
+                        return Err(e);
+                    }
+                    self.counters.errors += 1;
+                    out.errors.push(RecordError {
+                        kind: RecordErrorKind::Eval,
+                        reason: e.to_string(),
+                        payload: row_as_json(&batch, row),
+                        arrival_ms,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs the query's operators on its input columns.
+    fn process(&mut self, input: &RecordBatch, out: &mut Emitted) -> Result<()> {
+        let pre = apply_all(&self.plan.pre, input.clone())?;
         match &mut self.aggregator {
             None => {
                 if pre.num_rows() > 0 {
@@ -146,7 +172,7 @@ impl Query {
             Some(Aggregator::Window(w)) => w.push(&pre)?,
             Some(Aggregator::Session(s)) => s.push(&pre)?,
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Moves the watermark forward (never back) and emits the windows it closed.
@@ -265,10 +291,10 @@ pub fn fmt_ts(ms: i64) -> String {
     match ms {
         i64::MAX => "+inf".to_string(),
         i64::MIN => "-inf".to_string(),
-        _ => datafusion::common::ScalarValue::TimestampMillisecond(Some(ms), None)
-            .to_string()
-            .replace(' ', "T")
-            + "Z",
+        _ => match datafusion::arrow::temporal_conversions::timestamp_ms_to_datetime(ms) {
+            Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+            None => ms.to_string(),
+        },
     }
 }
 

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
 use datafusion::arrow::compute::take;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::common::ScalarValue;
@@ -185,36 +185,29 @@ impl SessionAggregate {
             return Ok(Vec::new());
         }
         closed.sort_by(|a, b| (a.0, a.1, a.2.row()).cmp(&(b.0, b.1, b.2.row())));
-        // One batch per distinct (start, end) keeps the output shape of the other
-        // window kinds: window_start / window_end constant within a batch.
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < closed.len() {
-            let (end, start) = (closed[i].0, closed[i].1);
-            let mut j = i;
-            while j < closed.len() && closed[j].0 == end && closed[j].1 == start {
-                j += 1;
-            }
-            let group = &mut closed[i..j];
-            let keys = self
-                .converter
-                .convert_rows(group.iter().map(|c| c.2.row()))?;
-            let mut values = Vec::with_capacity(self.plan.aggregates.len());
-            for a in 0..self.plan.aggregates.len() {
-                let scalars = group
-                    .iter_mut()
-                    .map(|c| c.3.accumulators[a].evaluate())
-                    .collect::<datafusion::error::Result<Vec<_>>>()?;
-                let field = self.plan.output_schema.field(self.plan.group_layout.len() + a);
-                values.push(if scalars.is_empty() {
-                    datafusion::arrow::array::new_empty_array(field.data_type())
-                } else {
-                    ScalarValue::iter_to_array(scalars)?
-                });
-            }
-            out.push(self.plan.output_batch(start, end, keys, values, j - i)?);
-            i = j;
+        // Everything one watermark closes is one emission (ordered by session end), so
+        // ORDER BY sorts all of it, as it sorts a tumbling window's results.
+        let rows = closed.len();
+        let starts = TimestampMillisecondArray::from_iter_values(closed.iter().map(|c| c.1));
+        let ends = TimestampMillisecondArray::from_iter_values(closed.iter().map(|c| c.0));
+        let keys = self
+            .converter
+            .convert_rows(closed.iter().map(|c| c.2.row()))?;
+        let mut values = Vec::with_capacity(self.plan.aggregates.len());
+        for a in 0..self.plan.aggregates.len() {
+            let scalars = closed
+                .iter_mut()
+                .map(|c| c.3.accumulators[a].evaluate())
+                .collect::<datafusion::error::Result<Vec<_>>>()?;
+            values.push(ScalarValue::iter_to_array(scalars)?);
         }
+        let out = vec![self.plan.output_batch_with_bounds(
+            Arc::new(starts),
+            Arc::new(ends),
+            keys,
+            values,
+            rows,
+        )?];
         Ok(out)
     }
 

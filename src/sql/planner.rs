@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::MemoryCatalogProviderList;
 use datafusion::catalog::empty::EmptyTable;
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::error::DataFusionError;
@@ -161,7 +162,13 @@ impl Planner {
             rewrite::expand_wildcards(&mut query, &s.declared, alias.as_deref());
         }
 
-        let ctx = SessionContext::new_with_state(self.state.clone());
+        // A fresh table catalog per plan: only the catalog's streams exist, and
+        // planners shared across threads never see each other's tables.
+        let fresh = SessionStateBuilder::new_from_existing(self.state.clone())
+            .with_config(self.state.config().clone())
+            .with_catalog_list(Arc::new(MemoryCatalogProviderList::new()))
+            .build();
+        let ctx = SessionContext::new_with_state(fresh);
         for s in streams {
             let mut fields: Vec<Field> = s.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
             if window_call.is_some() {
@@ -175,9 +182,7 @@ impl Planner {
         }
         let state = ctx.state();
         let statement = DFStatement::Statement(Box::new(ast::Statement::Query(Box::new(query))));
-        // Tables are in memory, so planning completes without awaiting anything real.
-        let logical = futures::executor::block_on(state.statement_to_plan(statement))
-            .map_err(|e| located(e, at))?;
+        let logical = plan_now(state.statement_to_plan(statement))?.map_err(|e| located(e, at))?;
         let logical = state.optimize(&logical).map_err(|e| located(e, at))?;
 
         let mut lowering = Lowering {
@@ -210,6 +215,18 @@ impl Planner {
             post: stage.post,
             output_schema,
         })
+    }
+}
+
+/// Completes a planning future that cannot wait on anything: the planning tables are
+/// in memory. Polling it once (instead of a nested executor) keeps planning callable
+/// from any context, async or not.
+fn plan_now<T>(fut: impl std::future::Future<Output = T>) -> Result<T> {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Ok(v),
+        std::task::Poll::Pending => Err(Error::internal("query planning waited on I/O")),
     }
 }
 
@@ -503,6 +520,12 @@ impl Lowering<'_> {
             )
             .build()
             .map_err(|e| located(e, self.at))?;
+            // Surface "not supported for this type" now, at CREATE time, rather than
+            // on the first record (accumulators are otherwise created lazily).
+            lowered
+                .aggregate
+                .create_accumulator()
+                .map_err(|e| located(e, self.at))?;
             aggregates.push(lowered.aggregate);
             filters.push(lowered.filter);
         }
