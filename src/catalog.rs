@@ -13,10 +13,10 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
 use crate::decode::DecodeColumn;
+use crate::engine::QueryPlan;
 use crate::error::{Error, Position, Result};
 use crate::sql::planner::{ARRIVAL_TIME, Planner, StreamInfo};
 use crate::sql::{self, ObjectKind, Options, Statement};
-use crate::engine::QueryPlan;
 
 /// Default largest record a stream accepts (bytes); larger ones go to the error output.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
@@ -98,16 +98,24 @@ impl Catalog {
         Ok(changes)
     }
 
-    fn apply_one(&mut self, statement: Statement, text: String, connectors: &dyn ConnectorCheck) -> Result<Change> {
+    fn apply_one(
+        &mut self,
+        statement: Statement,
+        text: String,
+        connectors: &dyn ConnectorCheck,
+    ) -> Result<Change> {
         match statement {
             Statement::CreateStream(s) => {
                 if self.streams.contains_key(&s.name) {
                     if s.if_not_exists {
                         return Ok(Change::Unchanged(ObjectKind::Stream, s.name));
                     }
-                    return Err(Error::user_at(format!("stream '{}' already exists", s.name), s.position));
+                    return Err(Error::user_at(
+                        format!("stream '{}' already exists", s.name),
+                        s.position,
+                    ));
                 }
-                let def = self.stream_def(s, text, connectors)?;
+                let def = self.stream_def(*s, text, connectors)?;
                 let name = def.name.clone();
                 self.streams.insert(name.clone(), def);
                 Ok(Change::Created(ObjectKind::Stream, name))
@@ -117,16 +125,26 @@ impl Catalog {
                     if s.if_not_exists {
                         return Ok(Change::Unchanged(ObjectKind::Sink, s.name));
                     }
-                    return Err(Error::user_at(format!("sink '{}' already exists", s.name), s.position));
+                    return Err(Error::user_at(
+                        format!("sink '{}' already exists", s.name),
+                        s.position,
+                    ));
                 }
                 let mut options = s.options;
                 let connector = options.require_string("connector", "CREATE SINK")?;
-                connectors.check_sink(&connector, &options).map_err(|e| e.or_at(s.position))?;
+                connectors
+                    .check_sink(&connector, &options)
+                    .map_err(|e| e.or_at(s.position))?;
                 // Keep only the connector's own keys for the runtime.
                 options.take("connector");
                 self.sinks.insert(
                     s.name.clone(),
-                    SinkDef { name: s.name.clone(), sql: text, connector, options },
+                    SinkDef {
+                        name: s.name.clone(),
+                        sql: text,
+                        connector,
+                        options,
+                    },
                 );
                 Ok(Change::Created(ObjectKind::Sink, s.name))
             }
@@ -135,16 +153,22 @@ impl Catalog {
                     && !self.sinks.contains_key(sink)
                 {
                     return Err(Error::user_at(
-                        format!("unknown sink '{sink}' (create it first with CREATE SINK {sink} WITH (connector = …))"),
+                        format!(
+                            "unknown sink '{sink}' (create it first with CREATE SINK {sink} WITH (connector = …))"
+                        ),
                         q.position,
                     ));
                 }
-                let streams: Vec<Arc<StreamInfo>> = self.streams.values().map(|s| Arc::clone(&s.info)).collect();
+                let streams: Vec<Arc<StreamInfo>> =
+                    self.streams.values().map(|s| Arc::clone(&s.info)).collect();
                 let plan = self.planner.plan_query(&q, &streams)?;
                 let name = match &q.name {
                     Some(n) => {
                         if self.queries.contains_key(n) {
-                            return Err(Error::user_at(format!("query '{n}' already exists"), q.position));
+                            return Err(Error::user_at(
+                                format!("query '{n}' already exists"),
+                                q.position,
+                            ));
                         }
                         n.clone()
                     }
@@ -152,7 +176,12 @@ impl Catalog {
                 };
                 self.queries.insert(
                     name.clone(),
-                    QueryDef { name: name.clone(), sql: text, sink: q.sink.clone(), plan: Arc::new(plan) },
+                    QueryDef {
+                        name: name.clone(),
+                        sql: text,
+                        sink: q.sink.clone(),
+                        plan: Arc::new(plan),
+                    },
                 );
                 Ok(Change::Created(ObjectKind::Query, name))
             }
@@ -166,7 +195,10 @@ impl Catalog {
                     if d.if_exists {
                         return Ok(Change::Unchanged(d.kind, d.name));
                     }
-                    return Err(Error::user_at(format!("{} '{}' does not exist", d.kind, d.name), d.position));
+                    return Err(Error::user_at(
+                        format!("{} '{}' does not exist", d.kind, d.name),
+                        d.position,
+                    ));
                 }
                 let users: Vec<&str> = self
                     .queries
@@ -188,10 +220,16 @@ impl Catalog {
                     _ => Vec::new(),
                 };
                 if !users.is_empty() || !error_users.is_empty() {
-                    let mut who: Vec<String> = users.iter().map(|q| format!("query '{q}'")).collect();
+                    let mut who: Vec<String> =
+                        users.iter().map(|q| format!("query '{q}'")).collect();
                     who.extend(error_users.iter().map(|s| format!("stream '{s}' (errors)")));
                     return Err(Error::user_at(
-                        format!("{} '{}' is in use by {}; drop those first", d.kind, d.name, who.join(", ")),
+                        format!(
+                            "{} '{}' is in use by {}; drop those first",
+                            d.kind,
+                            d.name,
+                            who.join(", ")
+                        ),
                         d.position,
                     ));
                 }
@@ -215,20 +253,30 @@ impl Catalog {
             .expect("some name is free")
     }
 
-    fn stream_def(&self, s: sql::CreateStream, text: String, connectors: &dyn ConnectorCheck) -> Result<StreamDef> {
+    fn stream_def(
+        &self,
+        s: sql::CreateStream,
+        text: String,
+        connectors: &dyn ConnectorCheck,
+    ) -> Result<StreamDef> {
         let mut options = s.options;
         let connector = options.require_string("connector", "CREATE STREAM")?;
         if let Some(format) = options.take("format")
             && !format.value.eq_ignore_ascii_case("json")
         {
             return Err(Error::user_at(
-                format!("format '{}' is not supported; streams read 'json' (objects, arrays or NDJSON)", format.value),
+                format!(
+                    "format '{}' is not supported; streams read 'json' (objects, arrays or NDJSON)",
+                    format.value
+                ),
                 format.position,
             ));
         }
         let option_time = options.take("event_time");
         let option_delay = options.take_duration("watermark_delay")?;
-        let idle_timeout_ms = options.take_duration("idle_timeout")?.map(|d| d.as_millis() as i64);
+        let idle_timeout_ms = options
+            .take_duration("idle_timeout")?
+            .map(|d| d.as_millis() as i64);
         let max_record_bytes = options
             .take_u64("max_record_bytes")?
             .map(|n| n as usize)
@@ -237,7 +285,10 @@ impl Catalog {
         if let Some(e) = &error_sink
             && !self.sinks.contains_key(e)
         {
-            return Err(Error::user_at(format!("errors = '{e}' names no sink; create the sink first"), s.position));
+            return Err(Error::user_at(
+                format!("errors = '{e}' names no sink; create the sink first"),
+                s.position,
+            ));
         }
 
         let mut columns = Vec::with_capacity(s.columns.len());
@@ -253,7 +304,12 @@ impl Catalog {
                 ));
             }
             let data_type = self.planner.resolve_type(&c.sql_type, c.position)?;
-            columns.push(DecodeColumn { name: c.name.clone(), data_type, nullable: c.nullable, path: c.path.clone() });
+            columns.push(DecodeColumn {
+                name: c.name.clone(),
+                data_type,
+                nullable: c.nullable,
+                path: c.path.clone(),
+            });
         }
 
         let (event_time, delay_ms, at) = match (&s.watermark, option_time) {
@@ -265,7 +321,10 @@ impl Catalog {
             }
             (Some(w), None) => {
                 if option_delay.is_some() {
-                    return Err(Error::user_at("watermark_delay conflicts with WATERMARK FOR", w.position));
+                    return Err(Error::user_at(
+                        "watermark_delay conflicts with WATERMARK FOR",
+                        w.position,
+                    ));
                 }
                 let delay = match &w.delay {
                     None => 0,
@@ -280,7 +339,10 @@ impl Catalog {
             ),
             (None, None) => {
                 if option_delay.is_some() {
-                    return Err(Error::user_at("watermark_delay needs event_time", s.position));
+                    return Err(Error::user_at(
+                        "watermark_delay needs event_time",
+                        s.position,
+                    ));
                 }
                 (None, 0, s.position)
             }
@@ -289,9 +351,18 @@ impl Catalog {
             None => columns.len(),
             Some(t) => {
                 let i = columns.iter().position(|c| &c.name == t).ok_or_else(|| {
-                    Error::user_at(format!("event-time column '{t}' is not a column of stream '{}'", s.name), at)
+                    Error::user_at(
+                        format!(
+                            "event-time column '{t}' is not a column of stream '{}'",
+                            s.name
+                        ),
+                        at,
+                    )
                 })?;
-                if !matches!(columns[i].data_type, DataType::Timestamp(TimeUnit::Millisecond, _)) {
+                if !matches!(
+                    columns[i].data_type,
+                    DataType::Timestamp(TimeUnit::Millisecond, _)
+                ) {
                     return Err(Error::user_at(
                         format!(
                             "event-time column '{t}' must be TIMESTAMP (milliseconds; JSON numbers are epoch \
@@ -311,14 +382,20 @@ impl Catalog {
             .enumerate()
             .map(|(i, c)| Field::new(&c.name, c.data_type.clone(), c.nullable && i != time_index))
             .collect();
-        fields.push(Field::new(ARRIVAL_TIME, DataType::Timestamp(TimeUnit::Millisecond, None), false));
+        fields.push(Field::new(
+            ARRIVAL_TIME,
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ));
         let info = Arc::new(StreamInfo {
             name: s.name.clone(),
             schema: Arc::new(Schema::new(fields)),
             declared: columns.iter().map(|c| c.name.clone()).collect(),
             time_index,
         });
-        connectors.check_source(&connector, &options).map_err(|e| e.or_at(s.position))?;
+        connectors
+            .check_source(&connector, &options)
+            .map_err(|e| e.or_at(s.position))?;
         options.take("connector");
         Ok(StreamDef {
             name: s.name,
@@ -341,7 +418,9 @@ impl Catalog {
 
     /// The queries reading a stream.
     pub fn queries_on<'a>(&'a self, stream: &'a str) -> impl Iterator<Item = &'a QueryDef> + 'a {
-        self.queries.values().filter(move |q| q.plan.stream == stream)
+        self.queries
+            .values()
+            .filter(move |q| q.plan.stream == stream)
     }
 }
 

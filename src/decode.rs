@@ -78,7 +78,13 @@ impl JsonDecoder {
         let mut fields: Vec<Field> = columns
             .iter()
             .enumerate()
-            .map(|(i, c)| Field::new(&c.name, c.data_type.clone(), c.nullable && Some(i) != time_index))
+            .map(|(i, c)| {
+                Field::new(
+                    &c.name,
+                    c.data_type.clone(),
+                    c.nullable && Some(i) != time_index,
+                )
+            })
             .collect();
         fields.push(Field::new(
             arrival_column,
@@ -107,9 +113,15 @@ impl JsonDecoder {
             let batch = self.decode_chunk(chunk, &mut out.errors)?;
             if let Some(b) = batch {
                 if let Some(t) = self.time_index {
-                    let times = b.column(t).as_primitive::<datafusion::arrow::datatypes::TimestampMillisecondType>();
+                    let times = b
+                        .column(t)
+                        .as_primitive::<datafusion::arrow::datatypes::TimestampMillisecondType>();
                     if let Some(max) = datafusion::arrow::compute::max(times) {
-                        match out.partition_max.iter_mut().find(|(p, _)| *p == chunk.partition) {
+                        match out
+                            .partition_max
+                            .iter_mut()
+                            .find(|(p, _)| *p == chunk.partition)
+                        {
                             Some((_, m)) => *m = (*m).max(max),
                             None => out.partition_max.push((chunk.partition, max)),
                         }
@@ -143,7 +155,11 @@ impl JsonDecoder {
         Ok(out)
     }
 
-    fn decode_chunk(&self, chunk: &Chunk, errors: &mut Vec<RecordError>) -> Result<Option<RecordBatch>> {
+    fn decode_chunk(
+        &self,
+        chunk: &Chunk,
+        errors: &mut Vec<RecordError>,
+    ) -> Result<Option<RecordBatch>> {
         let data = chunk.data.as_slice();
         let trimmed = data.trim_ascii_start();
         if trimmed.is_empty() {
@@ -154,7 +170,9 @@ impl JsonDecoder {
         }
         // Records over the size limit are found only when the chunk could hold one.
         let oversized = data.len() > self.max_record_bytes
-            && data.split(|&b| b == b'\n').any(|l| l.len() > self.max_record_bytes);
+            && data
+                .split(|&b| b == b'\n')
+                .any(|l| l.len() > self.max_record_bytes);
         if oversized {
             return self.decode_slow(data, chunk.arrival_ms, errors);
         }
@@ -162,7 +180,10 @@ impl JsonDecoder {
     }
 
     /// The whole chunk in one vectorized pass.
-    fn decode_fast(&self, data: &[u8]) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    fn decode_fast(
+        &self,
+        data: &[u8],
+    ) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
         let mut decoder = arrow_json::ReaderBuilder::new(Arc::clone(&self.decode_schema))
             .with_batch_size(BATCH_ROWS)
             .build_decoder()?;
@@ -309,11 +330,16 @@ impl JsonDecoder {
             let m = missing.get_or_insert_with(|| vec![None; n]);
             for (row, slot) in m.iter_mut().enumerate() {
                 if columns[i].is_null(row) && slot.is_none() {
-                    *slot = Some(format!("required field '{}' is missing or null", c.path.join(".")));
+                    *slot = Some(format!(
+                        "required field '{}' is missing or null",
+                        c.path.join(".")
+                    ));
                 }
             }
         }
-        columns.push(Arc::new(TimestampMillisecondArray::from_value(arrival_ms, n)));
+        columns.push(Arc::new(TimestampMillisecondArray::from_value(
+            arrival_ms, n,
+        )));
         let batch = RecordBatch::try_new(Arc::clone(&self.schema_nullable()), columns)?;
         let Some(missing) = missing else {
             return Ok(Some(self.retype(batch)?));
@@ -328,7 +354,12 @@ impl JsonDecoder {
         for (row, reason) in missing.into_iter().enumerate() {
             if let Some(reason) = reason {
                 let payload = lines.get(row).copied().unwrap_or_default();
-                errors.push(record_error(RecordErrorKind::Schema, reason, payload, arrival_ms));
+                errors.push(record_error(
+                    RecordErrorKind::Schema,
+                    reason,
+                    payload,
+                    arrival_ms,
+                ));
             }
         }
         let kept = filter_record_batch(&batch, &keep.into())?;
@@ -351,11 +382,19 @@ impl JsonDecoder {
 
     /// Re-labels a checked batch with the declared nullability.
     fn retype(&self, b: RecordBatch) -> Result<RecordBatch> {
-        Ok(RecordBatch::try_new(Arc::clone(&self.schema), b.columns().to_vec())?)
+        Ok(RecordBatch::try_new(
+            Arc::clone(&self.schema),
+            b.columns().to_vec(),
+        )?)
     }
 }
 
-fn record_error(kind: RecordErrorKind, reason: String, payload: &[u8], arrival_ms: i64) -> RecordError {
+fn record_error(
+    kind: RecordErrorKind,
+    reason: String,
+    payload: &[u8],
+    arrival_ms: i64,
+) -> RecordError {
     RecordError {
         kind,
         reason,
@@ -397,8 +436,13 @@ fn nest(columns: &[DecodeColumn], depth: usize) -> Result<Vec<Field>> {
             .filter(|o| o.path[depth] == key)
             .cloned()
             .collect();
-        let leaves: Vec<&DecodeColumn> = same.iter().filter(|o| o.path.len() == depth + 1).collect();
-        let inner: Vec<DecodeColumn> = same.iter().filter(|o| o.path.len() > depth + 1).cloned().collect();
+        let leaves: Vec<&DecodeColumn> =
+            same.iter().filter(|o| o.path.len() == depth + 1).collect();
+        let inner: Vec<DecodeColumn> = same
+            .iter()
+            .filter(|o| o.path.len() > depth + 1)
+            .cloned()
+            .collect();
         if !leaves.is_empty() && !inner.is_empty() {
             return Err(Error::user(format!(
                 "JSON field '{}' is used both as a value and as an object",
@@ -414,7 +458,11 @@ fn nest(columns: &[DecodeColumn], depth: usize) -> Result<Vec<Field>> {
             }
             fields.push(Field::new(key, first.data_type.clone(), true));
         } else {
-            fields.push(Field::new(key, DataType::Struct(Fields::from(nest(&inner, depth + 1)?)), true));
+            fields.push(Field::new(
+                key,
+                DataType::Struct(Fields::from(nest(&inner, depth + 1)?)),
+                true,
+            ));
         }
     }
     Ok(fields)
@@ -448,9 +496,24 @@ mod tests {
         let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
         JsonDecoder::new(
             vec![
-                DecodeColumn { name: "id".into(), data_type: DataType::Int64, nullable: false, path: vec!["id".into()] },
-                DecodeColumn { name: "temp".into(), data_type: DataType::Float64, nullable: true, path: vec!["r".into(), "temp".into()] },
-                DecodeColumn { name: "ts".into(), data_type: ts, nullable: true, path: vec!["ts".into()] },
+                DecodeColumn {
+                    name: "id".into(),
+                    data_type: DataType::Int64,
+                    nullable: false,
+                    path: vec!["id".into()],
+                },
+                DecodeColumn {
+                    name: "temp".into(),
+                    data_type: DataType::Float64,
+                    nullable: true,
+                    path: vec!["r".into(), "temp".into()],
+                },
+                DecodeColumn {
+                    name: "ts".into(),
+                    data_type: ts,
+                    nullable: true,
+                    path: vec!["ts".into()],
+                },
             ],
             "arrival_time",
             Some(2),
@@ -460,7 +523,11 @@ mod tests {
     }
 
     fn chunk(s: &str) -> Chunk {
-        Chunk { data: s.as_bytes().to_vec(), partition: 0, arrival_ms: 7 }
+        Chunk {
+            data: s.as_bytes().to_vec(),
+            partition: 0,
+            arrival_ms: 7,
+        }
     }
 
     #[test]
@@ -479,7 +546,11 @@ mod tests {
         let text = pretty_format_batches(&out.batches).unwrap().to_string();
         assert!(text.contains("| 1  | 20.5 | 1970-01-01T00:00:01"), "{text}");
         assert!(text.contains("| 2  |      | 1970-01-01T00:00:02"), "{text}");
-        let kinds: Vec<_> = out.errors.iter().map(|e| (e.kind, e.payload.as_str())).collect();
+        let kinds: Vec<_> = out
+            .errors
+            .iter()
+            .map(|e| (e.kind, e.payload.as_str()))
+            .collect();
         assert_eq!(
             kinds,
             vec![
@@ -495,9 +566,14 @@ mod tests {
     #[test]
     fn arrays_and_oversized_records() {
         let d = decoder();
-        let out = d.decode(&[chunk("[{\"id\": 1, \"ts\": 5}, {\"id\": 2, \"ts\": 6}]")]).unwrap();
+        let out = d
+            .decode(&[chunk("[{\"id\": 1, \"ts\": 5}, {\"id\": 2, \"ts\": 6}]")])
+            .unwrap();
         assert_eq!(out.batches[0].num_rows(), 2);
-        let big = format!("{{\"id\": 1, \"ts\": 5, \"pad\": \"{}\"}}\n{{\"id\": 2, \"ts\": 6}}", "x".repeat(2000));
+        let big = format!(
+            "{{\"id\": 1, \"ts\": 5, \"pad\": \"{}\"}}\n{{\"id\": 2, \"ts\": 6}}",
+            "x".repeat(2000)
+        );
         let out = d.decode(&[chunk(&big)]).unwrap();
         assert_eq!(out.batches[0].num_rows(), 1);
         assert_eq!(out.errors[0].kind, RecordErrorKind::Oversized);

@@ -48,7 +48,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err((path, e)) => {
-            let prefix = path.map(|p| format!("{}:", p.display())).unwrap_or_default();
+            let prefix = path
+                .map(|p| format!("{}:", p.display()))
+                .unwrap_or_default();
             eprintln!("error: {prefix}{e}");
             ExitCode::from(match e {
                 Error::User { .. } => 1,
@@ -61,10 +63,20 @@ fn main() -> ExitCode {
 
 type CliResult = Result<(), (Option<PathBuf>, Error)>;
 
-fn load(path: &PathBuf, catalog: &mut Catalog, connectors: &Connectors) -> Result<Vec<Change>, (Option<PathBuf>, Error)> {
-    let sql = std::fs::read_to_string(path)
-        .map_err(|e| (None, Error::external(format!("cannot read {}: {e}", path.display()))))?;
-    catalog.apply(&sql, connectors).map_err(|e| (Some(path.clone()), e))
+fn load(
+    path: &PathBuf,
+    catalog: &mut Catalog,
+    connectors: &Connectors,
+) -> Result<Vec<Change>, (Option<PathBuf>, Error)> {
+    let sql = std::fs::read_to_string(path).map_err(|e| {
+        (
+            None,
+            Error::external(format!("cannot read {}: {e}", path.display())),
+        )
+    })?;
+    catalog
+        .apply(&sql, connectors)
+        .map_err(|e| (Some(path.clone()), e))
 }
 
 fn check(files: Vec<PathBuf>) -> CliResult {
@@ -76,7 +88,11 @@ fn check(files: Vec<PathBuf>) -> CliResult {
             .iter()
             .filter(|c| matches!(c, Change::Created(sluice::sql::ObjectKind::Query, _)))
             .count();
-        println!("{}: ok ({} statements, {queries} queries)", f.display(), changes.len());
+        println!(
+            "{}: ok ({} statements, {queries} queries)",
+            f.display(),
+            changes.len()
+        );
     }
     Ok(())
 }
@@ -86,7 +102,10 @@ fn run(file: PathBuf) -> CliResult {
     let mut catalog = Catalog::new();
     load(&file, &mut catalog, &connectors)?;
     if catalog.queries.is_empty() {
-        return Err((Some(file), Error::user("the application has no queries to run")));
+        return Err((
+            Some(file),
+            Error::user("the application has no queries to run"),
+        ));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -58,11 +58,22 @@ pub struct StreamCore {
 impl StreamCore {
     pub fn new(def: &StreamDef, partitions: usize, now_ms: i64) -> Result<Self> {
         let time_index = def.event_time.as_ref().map(|_| def.info.time_index);
-        let decoder = JsonDecoder::new(def.columns.clone(), ARRIVAL_TIME, time_index, def.max_record_bytes)?;
+        let decoder = JsonDecoder::new(
+            def.columns.clone(),
+            ARRIVAL_TIME,
+            time_index,
+            def.max_record_bytes,
+        )?;
         if decoder.schema().as_ref() != def.info.schema.as_ref() {
-            return Err(Error::internal("decoder and planner disagree on the stream schema"));
+            return Err(Error::internal(
+                "decoder and planner disagree on the stream schema",
+            ));
         }
-        let delay = if def.event_time.is_some() { def.watermark_delay_ms } else { 0 };
+        let delay = if def.event_time.is_some() {
+            def.watermark_delay_ms
+        } else {
+            0
+        };
         Ok(StreamCore {
             decoder,
             tracker: WatermarkTracker::new(delay, def.idle_timeout_ms, partitions, now_ms),
@@ -102,7 +113,11 @@ pub fn error_schema() -> SchemaRef {
         s("kind"),
         s("reason"),
         s("payload"),
-        Field::new(ARRIVAL_TIME, DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        Field::new(
+            ARRIVAL_TIME,
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
     ]))
 }
 
@@ -113,10 +128,18 @@ pub fn errors_batch(query: &str, stream: &str, errors: &[RecordError]) -> Result
     let columns: Vec<ArrayRef> = vec![
         repeat(query),
         repeat(stream),
-        Arc::new(StringArray::from_iter_values(errors.iter().map(|e| e.kind.as_str()))),
-        Arc::new(StringArray::from_iter_values(errors.iter().map(|e| e.reason.as_str()))),
-        Arc::new(StringArray::from_iter_values(errors.iter().map(|e| e.payload.as_str()))),
-        Arc::new(TimestampMillisecondArray::from_iter_values(errors.iter().map(|e| e.arrival_ms))),
+        Arc::new(StringArray::from_iter_values(
+            errors.iter().map(|e| e.kind.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            errors.iter().map(|e| e.reason.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            errors.iter().map(|e| e.payload.as_str()),
+        )),
+        Arc::new(TimestampMillisecondArray::from_iter_values(
+            errors.iter().map(|e| e.arrival_ms),
+        )),
     ];
     Ok(RecordBatch::try_new(error_schema(), columns)?)
 }
@@ -178,10 +201,12 @@ impl Step {
     pub fn apply(&mut self, sql: &str) -> Result<Vec<crate::catalog::Change>> {
         let changes = self.catalog.apply(sql, &self.connectors)?;
         let now = self.clock.now_ms();
-        self.streams.retain(|name, _| self.catalog.streams.contains_key(name));
+        self.streams
+            .retain(|name, _| self.catalog.streams.contains_key(name));
         for (name, def) in &self.catalog.streams {
             if !self.streams.contains_key(name) {
-                self.streams.insert(name.clone(), StreamCore::new(def, 1, now)?);
+                self.streams
+                    .insert(name.clone(), StreamCore::new(def, 1, now)?);
             }
         }
         for list in self.queries.values_mut() {
@@ -207,7 +232,11 @@ impl Step {
             .streams
             .get_mut(stream)
             .ok_or_else(|| Error::user(format!("unknown stream '{stream}'")))?;
-        let chunk = Chunk { data, partition, arrival_ms: now };
+        let chunk = Chunk {
+            data,
+            partition,
+            arrival_ms: now,
+        };
         let (decoded, wm) = core.ingest(std::slice::from_ref(&chunk), now)?;
         self.drive(stream, &decoded, wm, now)
     }
@@ -219,7 +248,10 @@ impl Step {
             .stream(stream)
             .ok_or_else(|| Error::user(format!("unknown stream '{stream}'")))?
             .clone();
-        self.streams.insert(stream.to_string(), StreamCore::new(&def, n, self.clock.now_ms())?);
+        self.streams.insert(
+            stream.to_string(),
+            StreamCore::new(&def, n, self.clock.now_ms())?,
+        );
         Ok(())
     }
 
@@ -251,7 +283,10 @@ impl Step {
         };
         let (outputs, errors) = (&mut self.outputs, &mut self.errors);
         drive_queries(queries, decoded, wm, now, |name, e| {
-            outputs.entry(name.to_string()).or_default().extend(e.batches);
+            outputs
+                .entry(name.to_string())
+                .or_default()
+                .extend(e.batches);
             errors.entry(name.to_string()).or_default().extend(e.errors);
         })
     }
@@ -266,7 +301,11 @@ impl Step {
     }
 
     pub fn query(&self, name: &str) -> Option<&Query> {
-        self.queries.values().flatten().find(|(n, _)| n == name).map(|(_, q)| q)
+        self.queries
+            .values()
+            .flatten()
+            .find(|(n, _)| n == name)
+            .map(|(_, q)| q)
     }
 
     pub fn watermark(&self, stream: &str) -> Option<i64> {
@@ -286,7 +325,11 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { connectors: Connectors::default(), tick: Duration::from_millis(200), preview: None }
+        RunOptions {
+            connectors: Connectors::default(),
+            tick: Duration::from_millis(200),
+            preview: None,
+        }
     }
 }
 
@@ -303,7 +346,11 @@ const SINK_CHANNEL: usize = 16;
 
 /// Runs every query of the catalog until all their inputs end or `shutdown` turns
 /// true. Open windows are emitted when an input ends, not on shutdown.
-pub async fn run(catalog: &Catalog, options: RunOptions, shutdown: watch::Receiver<bool>) -> Result<RunReport> {
+pub async fn run(
+    catalog: &Catalog,
+    options: RunOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<RunReport> {
     let clock = SystemClock;
     // Sinks: one task each, fed by every query writing to it.
     let mut sink_senders: BTreeMap<String, mpsc::Sender<RecordBatch>> = BTreeMap::new();
@@ -312,7 +359,12 @@ pub async fn run(catalog: &Catalog, options: RunOptions, shutdown: watch::Receiv
         .queries
         .values()
         .filter_map(|q| q.sink.as_ref())
-        .chain(catalog.streams.values().filter_map(|s| s.error_sink.as_ref()))
+        .chain(
+            catalog
+                .streams
+                .values()
+                .filter_map(|s| s.error_sink.as_ref()),
+        )
         .collect();
     for name in needed {
         if sink_senders.contains_key(name) {
@@ -351,7 +403,11 @@ pub async fn run(catalog: &Catalog, options: RunOptions, shutdown: watch::Receiv
                 let def = &catalog.queries[q];
                 Target {
                     results: def.sink.as_ref().map(|s| sink_senders[s].clone()),
-                    errors: core.def.error_sink.as_ref().map(|s| sink_senders[s].clone()),
+                    errors: core
+                        .def
+                        .error_sink
+                        .as_ref()
+                        .map(|s| sink_senders[s].clone()),
                 }
             })
             .collect();
@@ -403,13 +459,19 @@ pub async fn run(catalog: &Catalog, options: RunOptions, shutdown: watch::Receiv
     }
 }
 
-async fn run_sink(name: String, mut sink: Box<dyn Sink>, mut rx: mpsc::Receiver<RecordBatch>) -> Result<()> {
+async fn run_sink(
+    name: String,
+    mut sink: Box<dyn Sink>,
+    mut rx: mpsc::Receiver<RecordBatch>,
+) -> Result<()> {
     while let Some(batch) = rx.recv().await {
         sink.write(&batch)
             .await
             .map_err(|e| Error::external(format!("sink '{name}': {e}")))?;
     }
-    sink.flush().await.map_err(|e| Error::external(format!("sink '{name}': {e}")))
+    sink.flush()
+        .await
+        .map_err(|e| Error::external(format!("sink '{name}': {e}")))
 }
 
 struct Target {
@@ -426,7 +488,11 @@ struct StreamTask {
 }
 
 impl StreamTask {
-    async fn run(mut self, mut rx: mpsc::Receiver<Chunk>, mut shutdown: watch::Receiver<bool>) -> Result<RunReport> {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Chunk>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<RunReport> {
         let clock = SystemClock;
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -467,7 +533,11 @@ impl StreamTask {
                 }
             }
         }
-        Ok(self.queries.iter().map(|(n, q)| (n.clone(), q.counters)).collect())
+        Ok(self
+            .queries
+            .iter()
+            .map(|(n, q)| (n.clone(), q.counters))
+            .collect())
     }
 
     async fn step(&mut self, decoded: &Decoded, wm: Option<i64>, now: i64) -> Result<()> {
@@ -482,7 +552,9 @@ impl StreamTask {
                     // A closed channel means the sink task failed; it reports why.
                     (Some(tx), _) => {
                         if tx.send(b).await.is_err() {
-                            return Err(Error::external(format!("query '{name}': its sink stopped")));
+                            return Err(Error::external(format!(
+                                "query '{name}': its sink stopped"
+                            )));
                         }
                     }
                     (None, Some(p)) => {
@@ -496,7 +568,9 @@ impl StreamTask {
                     Some(tx) => {
                         let batch = errors_batch(name, &stream, &out.errors)?;
                         if tx.send(batch).await.is_err() {
-                            return Err(Error::external(format!("query '{name}': its error sink stopped")));
+                            return Err(Error::external(format!(
+                                "query '{name}': its error sink stopped"
+                            )));
                         }
                     }
                     None => {

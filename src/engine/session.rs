@@ -131,7 +131,11 @@ impl SessionAggregate {
                 let mut old = list.remove(k);
                 merged.start = merged.start.min(old.start);
                 merged.end = merged.end.max(old.end);
-                for (into, from) in merged.accumulators.iter_mut().zip(old.accumulators.iter_mut()) {
+                for (into, from) in merged
+                    .accumulators
+                    .iter_mut()
+                    .zip(old.accumulators.iter_mut())
+                {
                     let state = from.state()?;
                     let arrays = state
                         .iter()

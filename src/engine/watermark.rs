@@ -126,7 +126,12 @@ impl WatermarkTracker {
             // Every partition is idle: advance with the wall clock past the timeout.
             Some(None) => {
                 let timeout = self.idle_timeout_ms.unwrap_or(0);
-                let last_seen = self.partitions.iter().map(|p| p.last_seen).max().unwrap_or(now);
+                let last_seen = self
+                    .partitions
+                    .iter()
+                    .map(|p| p.last_seen)
+                    .max()
+                    .unwrap_or(now);
                 self.partitions
                     .iter()
                     .filter_map(|p| p.max_event)

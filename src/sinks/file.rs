@@ -29,7 +29,12 @@ impl FileSink {
         let path = o.require_string("path", "the file sink")?;
         let append = o.take_bool("append")?.unwrap_or(false);
         o.finish("sink connector 'file'")?;
-        Ok(FileSink { path: resolve_path(&path, ctx.file_root.as_ref())?, append, file: None, buf: Vec::new() })
+        Ok(FileSink {
+            path: resolve_path(&path, ctx.file_root.as_ref())?,
+            append,
+            file: None,
+            buf: Vec::new(),
+        })
     }
 
     async fn open(&mut self) -> Result<&mut tokio::io::BufWriter<tokio::fs::File>> {
@@ -44,7 +49,9 @@ impl FileSink {
                 .truncate(!self.append)
                 .open(&self.path)
                 .await
-                .map_err(|e| Error::external(format!("cannot open '{}': {e}", self.path.display())))?;
+                .map_err(|e| {
+                    Error::external(format!("cannot open '{}': {e}", self.path.display()))
+                })?;
             self.file = Some(tokio::io::BufWriter::new(f));
         }
         Ok(self.file.as_mut().expect("opened above"))

@@ -20,7 +20,10 @@ pub struct StdoutSink {
 impl StdoutSink {
     pub fn from_options(o: Options) -> Result<Self> {
         o.finish("sink connector 'stdout'")?;
-        Ok(StdoutSink { out: tokio::io::stdout(), buf: Vec::new() })
+        Ok(StdoutSink {
+            out: tokio::io::stdout(),
+            buf: Vec::new(),
+        })
     }
 }
 

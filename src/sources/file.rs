@@ -32,7 +32,10 @@ impl FileSource {
         let path = o.require_string("path", "the file source")?;
         let rate = o.take_u64("rate")?.filter(|&r| r > 0);
         o.finish("source connector 'file'")?;
-        Ok(FileSource { path: resolve_path(&path, ctx.file_root.as_ref())?, rate })
+        Ok(FileSource {
+            path: resolve_path(&path, ctx.file_root.as_ref())?,
+            rate,
+        })
     }
 }
 
@@ -67,14 +70,24 @@ async fn read_fast(file: &mut tokio::fs::File, out: &mpsc::Sender<Chunk>) -> Res
         if let Some(last_nl) = carry.iter().rposition(|&b| b == b'\n') {
             let rest = carry.split_off(last_nl + 1);
             let data = std::mem::replace(&mut carry, rest);
-            let chunk = Chunk { data, partition: 0, arrival_ms: now_ms() };
+            let chunk = Chunk {
+                data,
+                partition: 0,
+                arrival_ms: now_ms(),
+            };
             if out.send(chunk).await.is_err() {
                 return Ok(());
             }
         }
     }
     if !carry.is_empty() {
-        let _ = out.send(Chunk { data: carry, partition: 0, arrival_ms: now_ms() }).await;
+        let _ = out
+            .send(Chunk {
+                data: carry,
+                partition: 0,
+                arrival_ms: now_ms(),
+            })
+            .await;
     }
     Ok(())
 }
@@ -101,7 +114,15 @@ async fn read_paced(file: tokio::fs::File, rate: u64, out: &mpsc::Sender<Chunk>)
         if data.is_empty() {
             return Ok(());
         }
-        if out.send(Chunk { data, partition: 0, arrival_ms: now_ms() }).await.is_err() {
+        if out
+            .send(Chunk {
+                data,
+                partition: 0,
+                arrival_ms: now_ms(),
+            })
+            .await
+            .is_err()
+        {
             return Ok(());
         }
     }

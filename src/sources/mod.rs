@@ -63,7 +63,8 @@ pub(crate) fn resolve_path(path: &str, root: Option<&PathBuf>) -> Result<PathBuf
     };
     let joined = root.join(&p);
     let escapes = p.is_absolute()
-        || p.components().any(|c| matches!(c, std::path::Component::ParentDir));
+        || p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
     if escapes {
         return Err(Error::user(format!(
             "path '{path}' must be relative to the data directory and stay inside it"

@@ -51,26 +51,49 @@ impl Simulator {
         let rate = o.take_u64("rate")?.unwrap_or(1000);
         let throttle = o.take_bool("throttle")?.unwrap_or(true);
         let seed = o.take_u64("seed")?.unwrap_or(42);
-        let jitter_ms = o.take_duration("jitter")?.map(|d| d.as_millis() as i64).unwrap_or(0);
+        let jitter_ms = o
+            .take_duration("jitter")?
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
         let limit = o.take_u64("limit")?;
         let start_ms = match o.take("start") {
             None => None,
             Some(v) => Some(parse_time(&v.value).ok_or_else(|| {
                 Error::user_at(
-                    format!("option 'start' must be epoch milliseconds or an RFC 3339 time, got '{}'", v.value),
+                    format!(
+                        "option 'start' must be epoch milliseconds or an RFC 3339 time, got '{}'",
+                        v.value
+                    ),
                     v.position,
                 )
             })?),
         };
         o.finish("source connector 'simulator'")?;
         if devices == 0 || rate == 0 {
-            return Err(Error::user("simulator: devices and rate must be at least 1"));
+            return Err(Error::user(
+                "simulator: devices and rate must be at least 1",
+            ));
         }
-        Ok(Simulator { devices, rate, throttle, seed, jitter_ms, limit, start_ms })
+        Ok(Simulator {
+            devices,
+            rate,
+            throttle,
+            seed,
+            jitter_ms,
+            limit,
+            start_ms,
+        })
     }
 
     /// Writes records `from..to` as JSON lines (deterministic for a seed).
-    pub fn generate(&self, rng: &mut SmallRng, start_ms: i64, from: u64, to: u64, out: &mut Vec<u8>) {
+    pub fn generate(
+        &self,
+        rng: &mut SmallRng,
+        start_ms: i64,
+        from: u64,
+        to: u64,
+        out: &mut Vec<u8>,
+    ) {
         for i in from..to {
             let device = rng.random_range(1..=self.devices);
             let temperature: u32 = rng.random_range(1..=110);
@@ -111,13 +134,18 @@ fn parse_time(s: &str) -> Option<i64> {
 impl Source for Simulator {
     fn run(self: Box<Self>, out: mpsc::Sender<Chunk>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
-            let now = || crate::engine::watermark::Clock::now_ms(&crate::engine::watermark::SystemClock);
+            let now =
+                || crate::engine::watermark::Clock::now_ms(&crate::engine::watermark::SystemClock);
             let start_ms = self.start_ms.unwrap_or_else(now);
             let mut rng = SmallRng::seed_from_u64(self.seed);
             let limit = self.limit.unwrap_or(u64::MAX);
             let began = Instant::now();
             // Unthrottled: big chunks for throughput; throttled: ten sends a second.
-            let per_chunk = if self.throttle { (self.rate / 10).max(1) } else { 4096 };
+            let per_chunk = if self.throttle {
+                (self.rate / 10).max(1)
+            } else {
+                4096
+            };
             let mut sent = 0u64;
             while sent < limit {
                 let to = (sent + per_chunk).min(limit);
@@ -129,7 +157,15 @@ impl Source for Simulator {
                 }
                 let mut data = Vec::with_capacity((to - sent) as usize * 110);
                 self.generate(&mut rng, start_ms, sent, to, &mut data);
-                if out.send(Chunk { data, partition: 0, arrival_ms: now() }).await.is_err() {
+                if out
+                    .send(Chunk {
+                        data,
+                        partition: 0,
+                        arrival_ms: now(),
+                    })
+                    .await
+                    .is_err()
+                {
                     return Ok(());
                 }
                 sent = to;

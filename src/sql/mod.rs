@@ -33,7 +33,7 @@ pub struct Located {
 
 #[derive(Debug, Clone)]
 pub enum Statement {
-    CreateStream(CreateStream),
+    CreateStream(Box<CreateStream>),
     CreateSink(CreateSink),
     Query(QueryStatement),
     Drop(DropStatement),

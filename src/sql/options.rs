@@ -39,7 +39,10 @@ impl Options {
     pub fn insert(&mut self, key: &str, value: String, position: Position) -> Result<()> {
         let key = key.to_ascii_lowercase();
         if self.values.contains_key(&key) {
-            return Err(Error::user_at(format!("option '{key}' is given twice"), position));
+            return Err(Error::user_at(
+                format!("option '{key}' is given twice"),
+                position,
+            ));
         }
         self.values.insert(key, OptionValue { value, position });
         Ok(())
@@ -66,29 +69,38 @@ impl Options {
 
     pub fn require_string(&mut self, key: &'static str, what: &str) -> Result<String> {
         let position = self.position;
-        self.take_string(key).ok_or_else(|| {
-            Error::user_at(format!("{what} needs option '{key}'"), position)
-        })
+        self.take_string(key)
+            .ok_or_else(|| Error::user_at(format!("{what} needs option '{key}'"), position))
     }
 
     pub fn take_u64(&mut self, key: &'static str) -> Result<Option<u64>> {
-        self.take_parsed(key, "a whole number", |s| s.replace('_', "").parse::<u64>().ok())
+        self.take_parsed(key, "a whole number", |s| {
+            s.replace('_', "").parse::<u64>().ok()
+        })
     }
 
     pub fn take_f64(&mut self, key: &'static str) -> Result<Option<f64>> {
-        self.take_parsed(key, "a number", |s| s.parse::<f64>().ok().filter(|f| f.is_finite()))
+        self.take_parsed(key, "a number", |s| {
+            s.parse::<f64>().ok().filter(|f| f.is_finite())
+        })
     }
 
     pub fn take_bool(&mut self, key: &'static str) -> Result<Option<bool>> {
-        self.take_parsed(key, "true or false", |s| match s.to_ascii_lowercase().as_str() {
-            "true" | "yes" | "on" | "1" => Some(true),
-            "false" | "no" | "off" | "0" => Some(false),
-            _ => None,
+        self.take_parsed(key, "true or false", |s| {
+            match s.to_ascii_lowercase().as_str() {
+                "true" | "yes" | "on" | "1" => Some(true),
+                "false" | "no" | "off" | "0" => Some(false),
+                _ => None,
+            }
         })
     }
 
     pub fn take_duration(&mut self, key: &'static str) -> Result<Option<Duration>> {
-        self.take_parsed(key, "a duration such as '500ms', '5s', '1m' or '2h'", parse_duration)
+        self.take_parsed(
+            key,
+            "a duration such as '500ms', '5s', '1m' or '2h'",
+            parse_duration,
+        )
     }
 
     fn take_parsed<T>(
@@ -145,7 +157,9 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "d" | "day" | "days" => 86_400_000.0,
         _ => return None,
     };
-    Some(Duration::from_micros((n * ms_per_unit * 1_000.0).round() as u64))
+    Some(Duration::from_micros(
+        (n * ms_per_unit * 1_000.0).round() as u64
+    ))
 }
 
 #[cfg(test)]
@@ -166,8 +180,10 @@ mod tests {
     #[test]
     fn leftover_keys_are_named() {
         let mut o = Options::new(Position::default());
-        o.insert("Path", "a".into(), Position { line: 2, column: 3 }).unwrap();
-        o.insert("rat", "1".into(), Position { line: 2, column: 9 }).unwrap();
+        o.insert("Path", "a".into(), Position { line: 2, column: 3 })
+            .unwrap();
+        o.insert("rat", "1".into(), Position { line: 2, column: 9 })
+            .unwrap();
         assert_eq!(o.take_string("path").as_deref(), Some("a"));
         let _ = o.take_u64("rate");
         let err = o.finish("connector 'file'").unwrap_err().to_string();

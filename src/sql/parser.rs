@@ -41,7 +41,9 @@ pub fn parse_application(sql: &str) -> Result<Vec<Located>> {
             Token::SemiColon | Token::EOF => {}
             ref other => {
                 return Err(Error::user_at(
-                    format!("expected ';' or the end of the file after the statement, found '{other}'"),
+                    format!(
+                        "expected ';' or the end of the file after the statement, found '{other}'"
+                    ),
                     pos(end.span.start),
                 ));
             }
@@ -65,7 +67,7 @@ fn parse_statement(p: &mut Parser, start: Position) -> Result<Statement> {
             Some("STREAM") => {
                 p.next_token();
                 p.next_token();
-                return parse_create_stream(p, start).map(Statement::CreateStream);
+                return parse_create_stream(p, start).map(|s| Statement::CreateStream(Box::new(s)));
             }
             Some("SINK") => {
                 p.next_token();
@@ -103,7 +105,10 @@ fn parse_statement(p: &mut Parser, start: Position) -> Result<Statement> {
             Some("QUERY") => ObjectKind::Query,
             _ => {
                 return Err(Error::user_at(
-                    format!("expected STREAM, SINK or QUERY after DROP, found '{}'", t.token),
+                    format!(
+                        "expected STREAM, SINK or QUERY after DROP, found '{}'",
+                        t.token
+                    ),
                     pos(t.span.start),
                 ));
             }
@@ -166,9 +171,9 @@ fn parse_query_statement(p: &mut Parser, start: Position) -> Result<QueryStateme
                     "INSERT INTO a sink takes only a query: INSERT INTO sink SELECT …".to_string(),
                 ));
             }
-            let query = insert.source.ok_or_else(|| {
-                Error::user("INSERT INTO a sink needs a SELECT".to_string())
-            })?;
+            let query = insert
+                .source
+                .ok_or_else(|| Error::user("INSERT INTO a sink needs a SELECT".to_string()))?;
             Ok(QueryStatement {
                 name: None,
                 sink: Some(sink),
@@ -201,7 +206,10 @@ fn parse_create_stream(p: &mut Parser, start: Position) -> Result<CreateStream> 
         if word(&t).as_deref() == Some("WATERMARK") {
             p.next_token();
             if watermark.is_some() {
-                return Err(Error::user_at("WATERMARK is declared twice", pos(t.span.start)));
+                return Err(Error::user_at(
+                    "WATERMARK is declared twice",
+                    pos(t.span.start),
+                ));
             }
             watermark = Some(parse_watermark(p, pos(t.span.start))?);
         } else {
@@ -378,7 +386,9 @@ fn parse_with(p: &mut Parser) -> Result<Options> {
             },
             other => {
                 return Err(Error::user_at(
-                    format!("option '{key}' needs a value (a 'string' or a number), found '{other}'"),
+                    format!(
+                        "option '{key}' needs a value (a 'string' or a number), found '{other}'"
+                    ),
                     pos(value_tok.span.start),
                 ));
             }
@@ -443,9 +453,11 @@ pub(crate) fn parser_error(e: ParserError) -> Error {
             let tail = &text[i + " at Line: ".len()..];
             let mut parts = tail.split(", Column: ");
             let line = parts.next().and_then(|l| l.trim().parse().ok());
-            let column = parts
-                .next()
-                .and_then(|c| c.trim_end_matches(|ch: char| !ch.is_ascii_digit()).parse().ok());
+            let column = parts.next().and_then(|c| {
+                c.trim_end_matches(|ch: char| !ch.is_ascii_digit())
+                    .parse()
+                    .ok()
+            });
             match (line, column) {
                 (Some(line), Some(column)) => {
                     Error::user_at(text[..i].to_string(), Position { line, column })
@@ -512,7 +524,10 @@ mod tests {
             panic!()
         };
         assert_eq!(q.sink.as_deref(), Some("out"));
-        assert_eq!(stmts[2].text, "INSERT INTO out SELECT deviceId FROM r WHERE temp > 50");
+        assert_eq!(
+            stmts[2].text,
+            "INSERT INTO out SELECT deviceId FROM r WHERE temp > 50"
+        );
         let Statement::Drop(d) = &stmts[3].statement else {
             panic!()
         };
@@ -529,7 +544,10 @@ mod tests {
             "2:8: expected STREAM, SINK or QUERY after CREATE, found 'TABLE' (tables, views and other DDL are not available in Sluice applications)"
         );
         let e = parse_application("COPY t TO '/etc/passwd'").unwrap_err();
-        assert!(e.to_string().starts_with("1:1: expected CREATE STREAM"), "{e}");
+        assert!(
+            e.to_string().starts_with("1:1: expected CREATE STREAM"),
+            "{e}"
+        );
     }
 
     #[test]

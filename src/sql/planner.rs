@@ -139,7 +139,9 @@ impl Planner {
                 }
                 v.days as i64 * 86_400_000 + v.nanoseconds / 1_000_000
             }
-            ScalarValue::IntervalDayTime(Some(v)) => v.days as i64 * 86_400_000 + v.milliseconds as i64,
+            ScalarValue::IntervalDayTime(Some(v)) => {
+                v.days as i64 * 86_400_000 + v.milliseconds as i64
+            }
             ScalarValue::IntervalYearMonth(Some(_)) => {
                 return Err(bad("months have no fixed length; use days"));
             }
@@ -170,7 +172,12 @@ impl Planner {
             .build();
         let ctx = SessionContext::new_with_state(fresh);
         for s in streams {
-            let mut fields: Vec<Field> = s.schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+            let mut fields: Vec<Field> = s
+                .schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
             if window_call.is_some() {
                 let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
                 fields.push(Field::new(WINDOW_START, ts.clone(), false));
@@ -195,9 +202,10 @@ impl Planner {
             at,
         };
         lowering.lower(&logical)?;
-        let stage = lowering.stage.take().ok_or_else(|| {
-            Error::user_at("a continuous query must read FROM a stream", at)
-        })?;
+        let stage = lowering
+            .stage
+            .take()
+            .ok_or_else(|| Error::user_at("a continuous query must read FROM a stream", at))?;
         if window_call.is_some() && stage.aggregate.is_none() {
             return Err(Error::user_at(
                 "a window in GROUP BY needs at least one aggregate or group column",
@@ -265,7 +273,10 @@ struct Lowering<'a> {
 
 impl Lowering<'_> {
     fn unsupported(&self, what: &str) -> Error {
-        Error::user_at(format!("{what} is not supported in a continuous query"), self.at)
+        Error::user_at(
+            format!("{what} is not supported in a continuous query"),
+            self.at,
+        )
     }
 
     fn physical(&self, e: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>> {
@@ -399,9 +410,9 @@ impl Lowering<'_> {
             LogicalPlan::Join(_) => Err(self.unsupported("a join")),
             LogicalPlan::Union(_) => Err(self.unsupported("UNION")),
             LogicalPlan::Window(_) => Err(self.unsupported("a window function with OVER")),
-            LogicalPlan::Distinct(_) => Err(self.unsupported(
-                "DISTINCT without a window (its state would grow forever)",
-            )),
+            LogicalPlan::Distinct(_) => {
+                Err(self.unsupported("DISTINCT without a window (its state would grow forever)"))
+            }
             LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => Err(Error::user_at(
                 "a continuous query must read FROM a stream",
                 self.at,
@@ -438,16 +449,25 @@ impl Lowering<'_> {
                     stream.name
                 )
             } else {
-                format!("stream '{}' keeps event time in '{}'", stream.name, stream.time_column())
+                format!(
+                    "stream '{}' keeps event time in '{}'",
+                    stream.name,
+                    stream.time_column()
+                )
             };
             return Err(Error::user_at(
-                format!("windows must use the stream's time column: {hint}, not '{}'", call.time_column),
+                format!(
+                    "windows must use the stream's time column: {hint}, not '{}'",
+                    call.time_column
+                ),
                 at,
             ));
         }
         let ms = |e: &ast::Expr| self.planner.interval_ms(e, at);
         self.window = Some(match call.kind {
-            WindowKind::Tumble => WindowSpec::Tumble { size: ms(&call.args[0])? },
+            WindowKind::Tumble => WindowSpec::Tumble {
+                size: ms(&call.args[0])?,
+            },
             WindowKind::Hop => {
                 let (slide, size) = (ms(&call.args[0])?, ms(&call.args[1])?);
                 if slide > size {
@@ -458,7 +478,9 @@ impl Lowering<'_> {
                 }
                 WindowSpec::Hop { slide, size }
             }
-            WindowKind::Session => WindowSpec::Session { gap: ms(&call.args[0])? },
+            WindowKind::Session => WindowSpec::Session {
+                gap: ms(&call.args[0])?,
+            },
         });
         Ok(())
     }
@@ -484,7 +506,11 @@ impl Lowering<'_> {
                 && (c.name == WINDOW_START || c.name == WINDOW_END)
             {
                 let is_start = c.name == WINDOW_START;
-                layout.push(if is_start { GroupKey::WindowStart } else { GroupKey::WindowEnd });
+                layout.push(if is_start {
+                    GroupKey::WindowStart
+                } else {
+                    GroupKey::WindowEnd
+                });
                 if time.is_none() {
                     time = Some(self.physical(e, input_schema)?);
                 }

@@ -187,9 +187,10 @@ pub fn expand_wildcards(query: &mut ast::Query, columns: &[String], alias: Optio
     for item in select.projection.drain(..) {
         match &item {
             SelectItem::Wildcard(opts) if is_plain(opts) => out.extend(idents(None)),
-            SelectItem::QualifiedWildcard(ast::SelectItemQualifiedWildcardKind::ObjectName(n), opts)
-                if is_plain(opts) =>
-            {
+            SelectItem::QualifiedWildcard(
+                ast::SelectItemQualifiedWildcardKind::ObjectName(n),
+                opts,
+            ) if is_plain(opts) => {
                 let q = n.0.last().and_then(|p| p.as_ident()).cloned();
                 match q {
                     Some(q) if alias.is_none() || alias == Some(q.value.as_str()) => {
