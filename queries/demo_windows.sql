@@ -1,6 +1,11 @@
 -- Demo: per-device temperature statistics over 10-second tumbling windows, from the
 -- built-in simulator of the ElastiCache time-series article's thermostats (seed 003).
--- No broker or store needed:  sluice run queries/demo_windows.sql
+-- No broker or store needed:
+--   sluice serve --queries queries     (watch it live on the dashboard, http://127.0.0.1:8080)
+--   sluice run queries/demo_windows.sql (print it)
+--
+-- device_stats is a bare SELECT: its results go to its live output only (the
+-- dashboard and GET /queries/device_stats/ws; `sluice run` prints them).
 --
 -- Readings arrive up to 1 s out of order (jitter); the watermark waits 2 s for them.
 
@@ -19,10 +24,7 @@ CREATE STREAM readings (
     idle_timeout = '5s'
 );
 
-CREATE SINK console WITH (connector = 'stdout');
-
 CREATE QUERY device_stats AS
-INSERT INTO console
 SELECT window_start, window_end, deviceId,
        count(*)                    AS readings,
        round(avg(temperature), 2)  AS avg_temp,

@@ -85,10 +85,24 @@ impl Catalog {
 
     /// Applies a whole application; on any error nothing changes.
     pub fn apply(&mut self, sql: &str, connectors: &dyn ConnectorCheck) -> Result<Vec<Change>> {
+        self.apply_with(sql, connectors, false)
+    }
+
+    /// Like [`Catalog::apply`], but a statement creating a name that exists is skipped,
+    /// as if it said `IF NOT EXISTS`: loading the same files again changes nothing.
+    pub fn apply_if_missing(&mut self, sql: &str, connectors: &dyn ConnectorCheck) -> Result<Vec<Change>> {
+        self.apply_with(sql, connectors, true)
+    }
+
+    fn apply_with(&mut self, sql: &str, connectors: &dyn ConnectorCheck, if_missing: bool) -> Result<Vec<Change>> {
         let statements = sql::parse_application(sql)?;
         let mut next = self.clone();
         let mut changes = Vec::with_capacity(statements.len());
         for s in statements {
+            if if_missing && let Some(existing) = next.existing(&s.statement) {
+                changes.push(existing);
+                continue;
+            }
             let change = next
                 .apply_one(s.statement, s.text, connectors)
                 .map_err(|e| e.or_at(s.position))?;
@@ -240,6 +254,25 @@ impl Catalog {
                 };
                 Ok(Change::Dropped(d.kind, d.name))
             }
+        }
+    }
+
+    /// The object a CREATE statement would make, when it exists already.
+    fn existing(&self, statement: &Statement) -> Option<Change> {
+        match statement {
+            Statement::CreateStream(s) if self.streams.contains_key(&s.name) => {
+                Some(Change::Unchanged(ObjectKind::Stream, s.name.clone()))
+            }
+            Statement::CreateSink(s) if self.sinks.contains_key(&s.name) => {
+                Some(Change::Unchanged(ObjectKind::Sink, s.name.clone()))
+            }
+            Statement::Query(q) => {
+                let name = q.name.clone().or_else(|| q.sink.clone())?;
+                self.queries
+                    .contains_key(&name)
+                    .then(|| Change::Unchanged(ObjectKind::Query, name))
+            }
+            _ => None,
         }
     }
 

@@ -18,6 +18,7 @@
 //! Imports run one way: `main → runtime`; the runtime uses `catalog → sql → engine →
 //! decode` on one side and `sources`, `sinks` on the other; everything may use `error`.
 
+pub mod api;
 pub mod catalog;
 pub mod decode;
 pub mod engine;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use sluice::catalog::{Catalog, Change};
 use sluice::error::Error;
-use sluice::runtime::{self, Connectors, RunOptions};
+use sluice::runtime::{Connectors, Manager, ManagerOptions};
 
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Streaming SQL for sensor data")]
@@ -30,6 +30,31 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run the service: HTTP API, dashboard, persistent catalog.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Where the catalog (and later checkpoints and archives) live.
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// A directory of .sql applications to load at start (by name: loading twice
+    /// changes nothing).
+    #[arg(long, env = "SLUICE_QUERIES")]
+    queries: Option<PathBuf>,
+    /// Most queries that may exist at once.
+    #[arg(long, env = "SLUICE_MAX_QUERIES", default_value_t = 100)]
+    max_queries: usize,
+    /// Window state one query may hold, MB; a query over it fails.
+    #[arg(long, env = "SLUICE_QUERY_MEMORY_MB", default_value_t = 256)]
+    query_memory_mb: usize,
+    /// Largest body POST /streams/{name}/records accepts, MB.
+    #[arg(long, env = "SLUICE_MAX_INGEST_MB", default_value_t = 16)]
+    max_ingest_mb: usize,
 }
 
 fn main() -> ExitCode {
@@ -44,6 +69,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { file } => run(file),
         Command::Check { files } => check(files),
+        Command::Serve(args) => serve(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -98,33 +124,147 @@ fn check(files: Vec<PathBuf>) -> CliResult {
 }
 
 fn run(file: PathBuf) -> CliResult {
-    let connectors = Connectors::default();
-    let mut catalog = Catalog::new();
-    load(&file, &mut catalog, &connectors)?;
-    if catalog.queries.is_empty() {
-        return Err((
-            Some(file),
-            Error::user("the application has no queries to run"),
-        ));
-    }
+    let sql = std::fs::read_to_string(&file)
+        .map_err(|e| (None, Error::external(format!("cannot read {}: {e}", file.display()))))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| (None, Error::internal(e.to_string())))?;
     rt.block_on(async {
-        let (tx, rx) = tokio::sync::watch::channel(false);
+        let manager = Manager::new(ManagerOptions { print_previews: true, ..Default::default() });
+        manager.apply(&sql).map_err(|e| (Some(file.clone()), e))?;
+        if manager.query_states().is_empty() {
+            return Err((Some(file.clone()), Error::user("the application has no queries to run")));
+        }
+        let signals = std::sync::Arc::clone(&manager);
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 tracing::info!("stopping (Ctrl-C)");
-                let _ = tx.send(true);
+                signals.signal_shutdown();
             }
         });
-        let report = runtime::run(&catalog, RunOptions { connectors, ..Default::default() }, rx)
-            .await
-            .map_err(|e| (None, e))?;
-        for (q, c) in report {
-            tracing::info!(query = %q, rows_in = c.rows_in, rows_out = c.rows_out, late = c.late, errors = c.errors, "query finished");
+        manager.wait_inputs_end().await;
+        manager.shutdown(std::time::Duration::from_secs(10)).await;
+        let mut failed = None;
+        for q in manager.query_states() {
+            use std::sync::atomic::Ordering::Relaxed;
+            tracing::info!(
+                query = %q.name,
+                rows_in = q.rows_in.load(Relaxed),
+                rows_out = q.rows_out.load(Relaxed),
+                late = q.late.load(Relaxed),
+                errors = q.errors.load(Relaxed),
+                status = ?q.status(),
+                "query finished"
+            );
+            if let sluice::runtime::manager::QueryStatus::Failed(e) = q.status() {
+                failed.get_or_insert(Error::external(format!("query '{}' failed: {e}", q.name)));
+            }
         }
+        match failed {
+            Some(e) => Err((None, e)),
+            None => Ok(()),
+        }
+    })
+}
+
+fn serve(args: ServeArgs) -> CliResult {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| (None, Error::internal(e.to_string())))?;
+    rt.block_on(async move {
+        std::fs::create_dir_all(&args.data_dir).map_err(|e| {
+            (None, Error::external(format!("cannot create {}: {e}", args.data_dir.display())))
+        })?;
+        let mut connectors = Connectors::default();
+        // Trusted files (--queries) may still only reach files under the data dir.
+        connectors.sources.file_root = Some(args.data_dir.clone());
+        connectors.sinks.file_root = Some(args.data_dir.clone());
+        let manager = Manager::new(ManagerOptions {
+            connectors,
+            max_queries: args.max_queries,
+            query_memory_bytes: args.query_memory_mb << 20,
+            catalog_file: Some(args.data_dir.join("catalog.json")),
+            ..Default::default()
+        });
+        let restored = manager.restore().map_err(|e| (None, e))?;
+        if restored > 0 {
+            tracing::info!(queries = restored, "restored the catalog and restarted its running queries");
+        }
+        if let Some(dir) = &args.queries {
+            load_dir(&manager, dir)?;
+        }
+        let token = std::env::var("SLUICE_API_TOKEN").ok().filter(|t| !t.is_empty());
+        let app = sluice::api::app(
+            std::sync::Arc::clone(&manager),
+            sluice::api::ApiOptions {
+                token,
+                max_ingest_bytes: args.max_ingest_mb << 20,
+                ..Default::default()
+            },
+        );
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .map_err(|e| (None, Error::external(format!("cannot listen on {}: {e}", args.listen))))?;
+        let addr = listener.local_addr().map_err(|e| (None, Error::external(e.to_string())))?;
+        tracing::info!("listening on http://{addr} (dashboard at /)");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut server_stop = stop_rx.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = server_stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+        // Graceful, but bounded: open WebSockets would otherwise hold the server up.
+        let grace = std::time::Duration::from_secs(5);
+        let abort = server.abort_handle();
+        if tokio::time::timeout(grace, server).await.is_err() {
+            abort.abort();
+        }
+        manager.shutdown(grace).await;
         Ok(())
     })
+}
+
+/// Ctrl-C or SIGTERM.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn load_dir(manager: &std::sync::Arc<Manager>, dir: &std::path::Path) -> CliResult {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| (None, Error::external(format!("cannot read {}: {e}", dir.display()))))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        .collect();
+    files.sort();
+    for f in files {
+        let sql = std::fs::read_to_string(&f)
+            .map_err(|e| (None, Error::external(format!("cannot read {}: {e}", f.display()))))?;
+        let changes = manager.apply_if_missing(&sql).map_err(|e| (Some(f.clone()), e))?;
+        let created = changes.iter().filter(|c| matches!(c, Change::Created(..))).count();
+        tracing::info!(file = %f.display(), created, "loaded");
+    }
+    Ok(())
 }

@@ -197,6 +197,15 @@ impl Query {
         Ok(out)
     }
 
+    /// Bytes of window state held (keys and accumulators), for memory limits.
+    pub fn state_size(&self) -> usize {
+        match &self.aggregator {
+            None => 0,
+            Some(Aggregator::Window(w)) => w.state_size(),
+            Some(Aggregator::Session(s)) => s.state_size(),
+        }
+    }
+
     /// Open windows (or sessions) holding state.
     pub fn open_windows(&self) -> usize {
         match &self.aggregator {

@@ -215,6 +215,20 @@ impl SessionAggregate {
         Ok(out)
     }
 
+    /// Bytes of session state held (an estimate: keys plus accumulators).
+    pub fn state_size(&self) -> usize {
+        self.sessions
+            .iter()
+            .map(|(k, list)| {
+                k.as_ref().len()
+                    + list
+                        .iter()
+                        .map(|s| 32 + s.accumulators.iter().map(|a| a.size()).sum::<usize>())
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+
     pub fn open_windows(&self) -> usize {
         self.sessions.values().map(Vec::len).sum()
     }

@@ -55,3 +55,15 @@ pub fn to_json_lines(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<()> {
     w.finish()?;
     Ok(())
 }
+
+/// Encodes a batch as one JSON array of row objects.
+pub fn to_json_array(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<()> {
+    let mut w = arrow_json::ArrayWriter::new(&mut *out);
+    w.write(batch)?;
+    w.finish()?;
+    drop(w);
+    if out.is_empty() {
+        out.extend_from_slice(b"[]");
+    }
+    Ok(())
+}

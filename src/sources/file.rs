@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use super::{Chunk, Source, SourceContext, resolve_path};
+use super::{Chunk, Input, Source, SourceContext, resolve_path};
 use crate::error::{Error, Result};
 use crate::sql::Options;
 
@@ -40,7 +40,7 @@ impl FileSource {
 }
 
 impl Source for FileSource {
-    fn run(self: Box<Self>, out: mpsc::Sender<Chunk>) -> BoxFuture<'static, Result<()>> {
+    fn run(self: Box<Self>, out: mpsc::Sender<Input>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
             let mut file = tokio::fs::File::open(&self.path).await.map_err(|e| {
                 Error::external(format!("cannot open '{}': {e}", self.path.display()))
@@ -57,7 +57,7 @@ fn now_ms() -> i64 {
     crate::engine::watermark::Clock::now_ms(&crate::engine::watermark::SystemClock)
 }
 
-async fn read_fast(file: &mut tokio::fs::File, out: &mpsc::Sender<Chunk>) -> Result<()> {
+async fn read_fast(file: &mut tokio::fs::File, out: &mpsc::Sender<Input>) -> Result<()> {
     let mut carry: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; READ_BYTES];
     loop {
@@ -75,24 +75,24 @@ async fn read_fast(file: &mut tokio::fs::File, out: &mpsc::Sender<Chunk>) -> Res
                 partition: 0,
                 arrival_ms: now_ms(),
             };
-            if out.send(chunk).await.is_err() {
+            if out.send(chunk.into()).await.is_err() {
                 return Ok(());
             }
         }
     }
     if !carry.is_empty() {
         let _ = out
-            .send(Chunk {
+            .send(Input::from(Chunk {
                 data: carry,
                 partition: 0,
                 arrival_ms: now_ms(),
-            })
+            }))
             .await;
     }
     Ok(())
 }
 
-async fn read_paced(file: tokio::fs::File, rate: u64, out: &mpsc::Sender<Chunk>) -> Result<()> {
+async fn read_paced(file: tokio::fs::File, rate: u64, out: &mpsc::Sender<Input>) -> Result<()> {
     use tokio::io::AsyncBufReadExt;
     // Ten sends a second keeps pacing smooth without a send per record.
     let per_tick = (rate / 10).max(1) as usize;
@@ -115,11 +115,11 @@ async fn read_paced(file: tokio::fs::File, rate: u64, out: &mpsc::Sender<Chunk>)
             return Ok(());
         }
         if out
-            .send(Chunk {
+            .send(Input::from(Chunk {
                 data,
                 partition: 0,
                 arrival_ms: now_ms(),
-            })
+            }))
             .await
             .is_err()
         {

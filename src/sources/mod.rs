@@ -9,16 +9,39 @@
 //! One file per connector; [`build`] is the one place connectors are registered.
 
 pub mod file;
+pub mod http;
 pub mod simulator;
 
 use std::path::PathBuf;
 
 use futures::future::BoxFuture;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 pub use crate::decode::Chunk;
-use crate::error::{Error, Result};
+use crate::error::{Error, RecordError, Result};
 use crate::sql::Options;
+
+/// What a source hands the stream: a chunk, and optionally who waits to hear how it
+/// went (HTTP ingest answers its client; MQTT acknowledges after processing).
+#[derive(Debug)]
+pub struct Input {
+    pub chunk: Chunk,
+    /// Answered after the stream's queries have processed the chunk.
+    pub ack: Option<oneshot::Sender<IngestReport>>,
+}
+
+impl From<Chunk> for Input {
+    fn from(chunk: Chunk) -> Self {
+        Input { chunk, ack: None }
+    }
+}
+
+/// How one acknowledged chunk went.
+#[derive(Debug, Default, Clone)]
+pub struct IngestReport {
+    pub accepted: usize,
+    pub rejected: Vec<RecordError>,
+}
 
 /// The contract of every source connector.
 pub trait Source: Send {
@@ -29,7 +52,7 @@ pub trait Source: Send {
     }
 
     /// Produces chunks until the input ends or `out` is closed.
-    fn run(self: Box<Self>, out: mpsc::Sender<Chunk>) -> BoxFuture<'static, Result<()>>;
+    fn run(self: Box<Self>, out: mpsc::Sender<Input>) -> BoxFuture<'static, Result<()>>;
 }
 
 /// What sources may touch on this host.
@@ -40,13 +63,14 @@ pub struct SourceContext {
 }
 
 /// The source connectors, by name.
-pub const CONNECTORS: [&str; 2] = ["file", "simulator"];
+pub const CONNECTORS: [&str; 3] = ["file", "http", "simulator"];
 
 /// Builds a source from its connector name and options, rejecting unknown options.
 pub fn build(connector: &str, options: &Options, ctx: &SourceContext) -> Result<Box<dyn Source>> {
     let options = options.clone();
     match connector {
         "file" => Ok(Box::new(file::FileSource::from_options(options, ctx)?)),
+        "http" => Ok(Box::new(http::HttpSource::from_options(options)?)),
         "simulator" => Ok(Box::new(simulator::Simulator::from_options(options)?)),
         other => Err(Error::user(format!(
             "unknown source connector '{other}'; available: {}",

@@ -21,7 +21,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 
-use super::{Chunk, Source};
+use super::{Chunk, Input, Source};
 use crate::error::{Error, Result};
 use crate::sql::Options;
 
@@ -132,7 +132,7 @@ fn parse_time(s: &str) -> Option<i64> {
 }
 
 impl Source for Simulator {
-    fn run(self: Box<Self>, out: mpsc::Sender<Chunk>) -> BoxFuture<'static, Result<()>> {
+    fn run(self: Box<Self>, out: mpsc::Sender<Input>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
             let now =
                 || crate::engine::watermark::Clock::now_ms(&crate::engine::watermark::SystemClock);
@@ -158,11 +158,11 @@ impl Source for Simulator {
                 let mut data = Vec::with_capacity((to - sent) as usize * 110);
                 self.generate(&mut rng, start_ms, sent, to, &mut data);
                 if out
-                    .send(Chunk {
+                    .send(Input::from(Chunk {
                         data,
                         partition: 0,
                         arrival_ms: now(),
-                    })
+                    }))
                     .await
                     .is_err()
                 {

@@ -1,0 +1,345 @@
+//! The HTTP API (front door of `sluice serve`): applications in, queries managed,
+//! results out over WebSockets, metrics for Prometheus, and the dashboard page.
+//!
+//! Every handler is thin: it parses the request, calls the [`Manager`], and turns the
+//! answer into JSON. Errors take one shape, `{error, kind, position?}`, with a 4xx
+//! status when the request was wrong and a 5xx only when Sluice (or something behind
+//! it) failed; internal details are logged, not shown. [`app`] builds the router so
+//! tests can drive it in process.
+
+mod error;
+mod metrics;
+mod openapi;
+mod ws;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+pub use error::ApiError;
+use crate::catalog::Change;
+use crate::engine::fmt_ts;
+use crate::engine::watermark::{Clock, SystemClock};
+use crate::runtime::Manager;
+use crate::runtime::manager::{QueryState, QueryStatus};
+use crate::sql::ObjectKind;
+
+/// Settings of the API layer.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// When set, every route but `/healthz` and the dashboard page needs
+    /// `Authorization: Bearer <token>` (WebSockets may pass `?token=`).
+    pub token: Option<String>,
+    /// Largest HTTP ingest body, bytes.
+    pub max_ingest_bytes: usize,
+    /// Largest application (SQL file), bytes.
+    pub max_sql_bytes: usize,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        ApiOptions { token: None, max_ingest_bytes: 16 << 20, max_sql_bytes: 1 << 20 }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    manager: Arc<Manager>,
+    options: Arc<ApiOptions>,
+}
+
+/// The whole API as a router.
+pub fn app(manager: Arc<Manager>, options: ApiOptions) -> Router {
+    let state = AppState { manager, options: Arc::new(options) };
+    let ingest_limit = state.options.max_ingest_bytes;
+    let sql_limit = state.options.max_sql_bytes;
+    let protected = Router::new()
+        .route("/openapi.json", get(openapi::document))
+        .route("/metrics", get(metrics::render))
+        .route("/applications", post(submit_application).layer(DefaultBodyLimit::max(sql_limit)))
+        .route("/queries", get(list_queries))
+        .route("/queries/{name}", get(get_query).delete(delete_query))
+        .route("/queries/{name}/stop", post(stop_query))
+        .route("/queries/{name}/start", post(start_query))
+        .route("/queries/{name}/ws", get(ws::upgrade))
+        .route("/streams", get(list_streams))
+        .route("/streams/{name}", get(get_stream).delete(delete_stream))
+        .route(
+            "/streams/{name}/records",
+            post(ingest).layer(DefaultBodyLimit::max(ingest_limit)),
+        )
+        .route("/sinks", get(list_sinks))
+        .route("/sinks/{name}", get(get_sink).delete(delete_sink))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .merge(protected)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(token) = state.options.token.as_deref() else {
+        return next.run(req).await;
+    };
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Browsers cannot set headers on a WebSocket: accept the token as a parameter.
+    let param = req.uri().query().and_then(|q| {
+        q.split('&').find_map(|kv| kv.strip_prefix("token=")).map(str::to_string)
+    });
+    let given = bearer.map(str::to_string).or(param);
+    if given.as_deref().is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+        next.run(req).await
+    } else {
+        ApiError::unauthorized().into_response()
+    }
+}
+
+/// Compares without an early exit, so response time does not reveal the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("dashboard.html"))
+}
+
+/// `POST /applications`: a SQL file as the body (text/plain) or as a multipart upload.
+async fn submit_application(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    req: Request,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("text/plain")
+        .to_ascii_lowercase();
+    let sql = if content_type.starts_with("multipart/form-data") {
+        let mut form = Multipart::from_request(req, &state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let mut text = None;
+        while let Some(field) = form.next_field().await.map_err(|e| ApiError::bad_request(e.body_text()))? {
+            let bytes = field.bytes().await.map_err(|e| ApiError::bad_request(e.body_text()))?;
+            text = Some(String::from_utf8(bytes.to_vec()).map_err(|_| ApiError::bad_request("the SQL file is not UTF-8"))?);
+            break;
+        }
+        text.ok_or_else(|| ApiError::bad_request("the form has no file"))?
+    } else if content_type.starts_with("text/") || content_type.starts_with("application/sql") {
+        let body = Bytes::from_request(req, &state)
+            .await
+            .map_err(|e| ApiError::from_rejection(e.status(), e.body_text()))?;
+        String::from_utf8(body.to_vec()).map_err(|_| ApiError::bad_request("the SQL is not UTF-8"))?
+    } else {
+        return Err(ApiError::unsupported_media_type(
+            "send the SQL as text/plain, or as a multipart/form-data file upload",
+        ));
+    };
+    let manager = Arc::clone(&state.manager);
+    let changes = tokio::task::spawn_blocking(move || manager.apply_untrusted(&sql))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let list = |want: fn(&Change) -> Option<(ObjectKind, &String)>| -> Vec<Value> {
+        changes
+            .iter()
+            .filter_map(want)
+            .map(|(k, n)| json!({"kind": k.to_string(), "name": n}))
+            .collect()
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "created": list(|c| match c { Change::Created(k, n) => Some((*k, n)), _ => None }),
+            "dropped": list(|c| match c { Change::Dropped(k, n) => Some((*k, n)), _ => None }),
+            "unchanged": list(|c| match c { Change::Unchanged(k, n) => Some((*k, n)), _ => None }),
+        })),
+    ))
+}
+
+pub(crate) fn query_json(q: &QueryState) -> Value {
+    let now = SystemClock.now_ms();
+    let (status, error) = match q.status() {
+        QueryStatus::Running => ("running", None),
+        QueryStatus::Stopped => ("stopped", None),
+        QueryStatus::Finished => ("finished", None),
+        QueryStatus::Failed(e) => ("failed", Some(e)),
+    };
+    let wm = q.watermark().filter(|&w| w != i64::MAX);
+    json!({
+        "name": q.name,
+        "sql": q.sql,
+        "stream": q.stream,
+        "sink": q.sink,
+        "status": status,
+        "error": error,
+        "records_in": q.rows_in.load(Ordering::Relaxed),
+        "records_out": q.rows_out.load(Ordering::Relaxed),
+        "errors": q.errors.load(Ordering::Relaxed),
+        "late": q.late.load(Ordering::Relaxed),
+        "watermark": wm.map(fmt_ts),
+        "lag_ms": wm.map(|w| (now - w).max(0)),
+        "state_bytes": q.state_bytes.load(Ordering::Relaxed),
+    })
+}
+
+async fn list_queries(State(state): State<AppState>) -> Json<Value> {
+    Json(Value::Array(state.manager.query_states().iter().map(|q| query_json(q)).collect()))
+}
+
+fn find_query(state: &AppState, name: &str) -> Result<Arc<QueryState>, ApiError> {
+    state
+        .manager
+        .query_state(name)
+        .ok_or_else(|| ApiError::not_found(format!("query '{name}' does not exist")))
+}
+
+async fn get_query(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let q = find_query(&state, &name)?;
+    Ok(Json(query_json(&q)))
+}
+
+async fn stop_query(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let q = find_query(&state, &name)?;
+    state.manager.stop_query(&name)?;
+    Ok(Json(query_json(&q)))
+}
+
+async fn start_query(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let q = find_query(&state, &name)?;
+    state.manager.start_query(&name)?;
+    Ok(Json(query_json(&q)))
+}
+
+async fn delete_query(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    find_query(&state, &name)?;
+    state.manager.drop_object(ObjectKind::Query, &name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn stream_json(state: &AppState, def: &crate::catalog::StreamDef) -> Value {
+    let columns: Vec<Value> = def
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            json!({
+                "name": c.name,
+                "type": c.data_type.to_string(),
+                "nullable": c.nullable && Some(i) != def.event_time.as_ref().map(|_| def.info.time_index),
+                "path": c.path.join("."),
+            })
+        })
+        .collect();
+    let source = match state.manager.stream_state(&def.name) {
+        Some(s) => json!({
+            "status": s.status.lock().map(|s| s.clone()).unwrap_or_default(),
+            "records_in": s.records_in.load(Ordering::Relaxed),
+            "decode_errors": s.decode_errors.load(Ordering::Relaxed),
+            "chunks": s.chunks.load(Ordering::Relaxed),
+        }),
+        None => json!({"status": "idle", "records_in": 0, "decode_errors": 0, "chunks": 0}),
+    };
+    json!({
+        "name": def.name,
+        "sql": def.sql,
+        "connector": def.connector,
+        "columns": columns,
+        "event_time": def.event_time,
+        "watermark_delay_ms": def.watermark_delay_ms,
+        "idle_timeout_ms": def.idle_timeout_ms,
+        "source": source,
+    })
+}
+
+async fn list_streams(State(state): State<AppState>) -> Json<Value> {
+    let catalog = state.manager.catalog();
+    Json(Value::Array(catalog.streams.values().map(|s| stream_json(&state, s)).collect()))
+}
+
+async fn get_stream(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let catalog = state.manager.catalog();
+    let def = catalog
+        .streams
+        .get(&name)
+        .ok_or_else(|| ApiError::not_found(format!("stream '{name}' does not exist")))?;
+    Ok(Json(stream_json(&state, def)))
+}
+
+async fn delete_stream(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    if !state.manager.catalog().streams.contains_key(&name) {
+        return Err(ApiError::not_found(format!("stream '{name}' does not exist")));
+    }
+    state.manager.drop_object(ObjectKind::Stream, &name).map_err(ApiError::conflict_if_user)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn sink_json(state: &AppState, def: &crate::catalog::SinkDef) -> Value {
+    let status = match state.manager.sink_state(&def.name) {
+        Some(s) => json!({
+            "status": s.status.lock().map(|s| s.clone()).unwrap_or_default(),
+            "batches": s.batches.load(Ordering::Relaxed),
+            "rows": s.rows.load(Ordering::Relaxed),
+        }),
+        None => json!({"status": "idle", "batches": 0, "rows": 0}),
+    };
+    json!({ "name": def.name, "sql": def.sql, "connector": def.connector, "writer": status })
+}
+
+async fn list_sinks(State(state): State<AppState>) -> Json<Value> {
+    let catalog = state.manager.catalog();
+    Json(Value::Array(catalog.sinks.values().map(|s| sink_json(&state, s)).collect()))
+}
+
+async fn get_sink(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let catalog = state.manager.catalog();
+    let def = catalog
+        .sinks
+        .get(&name)
+        .ok_or_else(|| ApiError::not_found(format!("sink '{name}' does not exist")))?;
+    Ok(Json(sink_json(&state, def)))
+}
+
+async fn delete_sink(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    if !state.manager.catalog().sinks.contains_key(&name) {
+        return Err(ApiError::not_found(format!("sink '{name}' does not exist")));
+    }
+    state.manager.drop_object(ObjectKind::Sink, &name).map_err(ApiError::conflict_if_user)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /streams/{name}/records`: a JSON array or NDJSON body into an `http` stream.
+async fn ingest(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    if !state.manager.catalog().streams.contains_key(&name) {
+        return Err(ApiError::not_found(format!("stream '{name}' does not exist")));
+    }
+    let report = state.manager.ingest(&name, body.to_vec()).await.map_err(ApiError::conflict_if_user)?;
+    let rejected: Vec<Value> = report
+        .rejected
+        .iter()
+        .map(|e| json!({"kind": e.kind.as_str(), "reason": e.reason, "payload": e.payload}))
+        .collect();
+    Ok(Json(json!({
+        "accepted": report.accepted,
+        "rejected": rejected.len(),
+        "errors": rejected,
+    })))
+}

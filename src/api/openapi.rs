@@ -1,0 +1,171 @@
+//! `GET /openapi.json`: the API described in OpenAPI 3.0 (what schemathesis fuzzes).
+
+use axum::Json;
+use serde_json::{Value, json};
+
+fn error_response(description: &str) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
+}
+
+fn json_response(description: &str, schema: Value) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": schema } } })
+}
+
+fn name_param(what: &str) -> Value {
+    json!({ "name": "name", "in": "path", "required": true, "description": format!("the {what}'s name"), "schema": { "type": "string" } })
+}
+
+pub(super) async fn document() -> Json<Value> {
+    let query = json!({ "$ref": "#/components/schemas/Query" });
+    let secured = json!([{ "bearer": [] }]);
+    let object_routes = |what: &str, schema: &str| -> (Value, Value) {
+        let list = json!({ "get": {
+            "summary": format!("List {what}s"),
+            "security": secured,
+            "responses": {
+                "200": json_response("all of them", json!({ "type": "array", "items": { "$ref": schema } })),
+                "401": error_response("missing or wrong token"),
+            }
+        }});
+        let one = json!({
+            "get": {
+                "summary": format!("One {what}"),
+                "security": secured,
+                "parameters": [name_param(what)],
+                "responses": {
+                    "200": json_response("found", json!({ "$ref": schema })),
+                    "401": error_response("missing or wrong token"),
+                    "404": error_response("no such name"),
+                }
+            },
+            "delete": {
+                "summary": format!("Drop a {what}"),
+                "security": secured,
+                "parameters": [name_param(what)],
+                "responses": {
+                    "204": { "description": "dropped" },
+                    "401": error_response("missing or wrong token"),
+                    "404": error_response("no such name"),
+                    "409": error_response("in use by a query"),
+                }
+            }
+        });
+        (list, one)
+    };
+    let (streams, stream) = object_routes("stream", "#/components/schemas/Stream");
+    let (sinks, sink) = object_routes("sink", "#/components/schemas/Sink");
+    Json(json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Sluice",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Streaming SQL for sensor data: submit applications, manage queries, ingest records, watch results."
+        },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "kind"],
+                    "properties": {
+                        "error": { "type": "string" },
+                        "kind": { "type": "string" },
+                        "position": { "type": "object", "properties": { "line": { "type": "integer" }, "column": { "type": "integer" } } }
+                    }
+                },
+                "Query": {
+                    "type": "object",
+                    "required": ["name", "sql", "stream", "status", "records_in", "records_out", "errors", "late"],
+                    "properties": {
+                        "name": { "type": "string" },
+                        "sql": { "type": "string" },
+                        "stream": { "type": "string" },
+                        "sink": { "type": "string", "nullable": true },
+                        "status": { "type": "string", "enum": ["running", "stopped", "finished", "failed"] },
+                        "error": { "type": "string", "nullable": true },
+                        "records_in": { "type": "integer" },
+                        "records_out": { "type": "integer" },
+                        "errors": { "type": "integer" },
+                        "late": { "type": "integer" },
+                        "watermark": { "type": "string", "nullable": true },
+                        "lag_ms": { "type": "integer", "nullable": true },
+                        "state_bytes": { "type": "integer" }
+                    }
+                },
+                "Stream": { "type": "object", "required": ["name", "sql", "connector", "columns"], "properties": {
+                    "name": { "type": "string" }, "sql": { "type": "string" }, "connector": { "type": "string" },
+                    "columns": { "type": "array", "items": { "type": "object" } },
+                    "event_time": { "type": "string", "nullable": true },
+                    "source": { "type": "object" }
+                } },
+                "Sink": { "type": "object", "required": ["name", "sql", "connector"], "properties": {
+                    "name": { "type": "string" }, "sql": { "type": "string" }, "connector": { "type": "string" },
+                    "writer": { "type": "object" }
+                } },
+                "Changes": { "type": "object", "properties": {
+                    "created": { "type": "array", "items": { "type": "object" } },
+                    "dropped": { "type": "array", "items": { "type": "object" } },
+                    "unchanged": { "type": "array", "items": { "type": "object" } }
+                } },
+                "IngestReport": { "type": "object", "required": ["accepted", "rejected", "errors"], "properties": {
+                    "accepted": { "type": "integer" }, "rejected": { "type": "integer" },
+                    "errors": { "type": "array", "items": { "type": "object" } }
+                } }
+            }
+        },
+        "paths": {
+            "/healthz": { "get": { "summary": "Liveness", "responses": { "200": json_response("alive", json!({ "type": "object" })) } } },
+            "/metrics": { "get": { "summary": "Prometheus metrics", "security": secured,
+                "responses": { "200": { "description": "text exposition", "content": { "text/plain": { "schema": { "type": "string" } } } }, "401": error_response("missing or wrong token") } } },
+            "/applications": { "post": {
+                "summary": "Submit an application (a SQL file): all statements apply, or none",
+                "security": secured,
+                "requestBody": { "required": true, "content": {
+                    "text/plain": { "schema": { "type": "string" } },
+                    "multipart/form-data": { "schema": { "type": "object", "properties": { "file": { "type": "string", "format": "binary" } } } }
+                } },
+                "responses": {
+                    "201": json_response("applied", json!({ "$ref": "#/components/schemas/Changes" })),
+                    "400": error_response("invalid SQL or options, with the position"),
+                    "401": error_response("missing or wrong token"),
+                    "413": error_response("too large"),
+                    "415": error_response("not text/plain or multipart")
+                }
+            } },
+            "/queries": { "get": { "summary": "List queries", "security": secured,
+                "responses": { "200": json_response("all queries", json!({ "type": "array", "items": query })), "401": error_response("missing or wrong token") } } },
+            "/queries/{name}": {
+                "get": { "summary": "One query", "security": secured, "parameters": [name_param("query")],
+                    "responses": { "200": json_response("found", query.clone()), "401": error_response("missing or wrong token"), "404": error_response("no such query") } },
+                "delete": { "summary": "Stop and drop a query", "security": secured, "parameters": [name_param("query")],
+                    "responses": { "204": { "description": "dropped" }, "401": error_response("missing or wrong token"), "404": error_response("no such query") } }
+            },
+            "/queries/{name}/stop": { "post": { "summary": "Stop a query", "security": secured, "parameters": [name_param("query")],
+                "responses": { "200": json_response("stopped", query.clone()), "401": error_response("missing or wrong token"), "404": error_response("no such query") } } },
+            "/queries/{name}/start": { "post": { "summary": "Start a stopped query", "security": secured, "parameters": [name_param("query")],
+                "responses": { "200": json_response("running", query.clone()), "400": error_response("cannot start"), "401": error_response("missing or wrong token"), "404": error_response("no such query") } } },
+            "/queries/{name}/ws": { "get": { "summary": "WebSocket of the query's output: latest results, then live ones", "security": secured, "parameters": [name_param("query")],
+                "responses": { "101": { "description": "switching to WebSocket" }, "400": error_response("not a WebSocket request"), "401": error_response("missing or wrong token"), "404": error_response("no such query") } } },
+            "/streams": streams,
+            "/streams/{name}": stream,
+            "/streams/{name}/records": { "post": {
+                "summary": "Ingest records into an 'http' stream: a JSON array or NDJSON",
+                "security": secured,
+                "parameters": [name_param("stream")],
+                "requestBody": { "required": true, "content": {
+                    "application/json": { "schema": { "type": "array", "items": { "type": "object" } } },
+                    "application/x-ndjson": { "schema": { "type": "string" } }
+                } },
+                "responses": {
+                    "200": json_response("how many records were accepted and rejected, and why", json!({ "$ref": "#/components/schemas/IngestReport" })),
+                    "401": error_response("missing or wrong token"),
+                    "404": error_response("no such stream"),
+                    "409": error_response("not an http stream, or no query runs on it"),
+                    "413": error_response("body too large")
+                }
+            } },
+            "/sinks": sinks,
+            "/sinks/{name}": sink
+        }
+    }))
+}

@@ -1,0 +1,196 @@
+//! The runtime: turns a catalog into running work (source → decode → queries → sinks).
+//!
+//! Two drivers share one core ([`StreamCore`] decodes a stream's chunks and tracks its
+//! watermark; [`step_query`] runs a query on what it decoded):
+//! - [`step::Step`] drives them synchronously, on a manual clock, for tests and
+//!   benchmarks;
+//! - [`manager::Manager`] spawns tasks: per stream, a source task feeding a bounded
+//!   channel and a stream task that decodes and runs the stream's queries; per sink, a
+//!   task draining a bounded channel. Every channel is bounded, so a slow sink blocks
+//!   its queries' sends, which stops the stream task reading chunks, which blocks the
+//!   source.
+//!
+//! This is the only module that knows sources, sinks and the engine together.
+
+pub mod manager;
+pub mod step;
+
+pub use manager::{Manager, ManagerOptions};
+pub use step::Step;
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use crate::catalog::{ConnectorCheck, StreamDef};
+use crate::decode::{Chunk, Decoded, JsonDecoder};
+use crate::engine::watermark::WatermarkTracker;
+use crate::engine::{Emitted, Query};
+use crate::error::{Error, RecordError, Result};
+use crate::sinks::{self, SinkContext};
+use crate::sources::{self, SourceContext};
+use crate::sql::Options;
+use crate::sql::planner::ARRIVAL_TIME;
+
+/// Checks connector options by building the connector's typed options.
+#[derive(Debug, Clone, Default)]
+pub struct Connectors {
+    pub sources: SourceContext,
+    pub sinks: SinkContext,
+    /// Whether SQL may name the `file` source and sink. Off for SQL that arrives over
+    /// HTTP: it must never read or write local files.
+    pub deny_files: bool,
+}
+
+impl Connectors {
+    fn check_files(&self, connector: &str) -> Result<()> {
+        if self.deny_files && connector == "file" {
+            return Err(Error::user(
+                "the 'file' connector is not available to SQL submitted over HTTP (it would read or \
+                 write this server's files); use 'http', 'simulator' or a network connector",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The same connectors, refusing local files.
+    pub fn untrusted(&self) -> Self {
+        Connectors { deny_files: true, ..self.clone() }
+    }
+}
+
+impl ConnectorCheck for Connectors {
+    fn check_source(&self, connector: &str, options: &Options) -> Result<()> {
+        self.check_files(connector)?;
+        let mut o = options.clone();
+        o.take("connector");
+        sources::build(connector, &o, &self.sources).map(|_| ())
+    }
+    fn check_sink(&self, connector: &str, options: &Options) -> Result<()> {
+        self.check_files(connector)?;
+        let mut o = options.clone();
+        o.take("connector");
+        sinks::build(connector, &o, &self.sinks).map(|_| ())
+    }
+}
+
+/// A stream's decoder and watermark, independent of how chunks arrive.
+pub struct StreamCore {
+    pub def: StreamDef,
+    decoder: JsonDecoder,
+    tracker: WatermarkTracker,
+}
+
+impl StreamCore {
+    pub fn new(def: &StreamDef, partitions: usize, now_ms: i64) -> Result<Self> {
+        let time_index = def.event_time.as_ref().map(|_| def.info.time_index);
+        let decoder = JsonDecoder::new(
+            def.columns.clone(),
+            ARRIVAL_TIME,
+            time_index,
+            def.max_record_bytes,
+        )?;
+        if decoder.schema().as_ref() != def.info.schema.as_ref() {
+            return Err(Error::internal(
+                "decoder and planner disagree on the stream schema",
+            ));
+        }
+        let delay = if def.event_time.is_some() {
+            def.watermark_delay_ms
+        } else {
+            0
+        };
+        Ok(StreamCore {
+            decoder,
+            tracker: WatermarkTracker::new(delay, def.idle_timeout_ms, partitions, now_ms),
+            def: def.clone(),
+        })
+    }
+
+    /// Decodes chunks and updates the watermark; returns the batches and the new
+    /// watermark.
+    pub fn ingest(&mut self, chunks: &[Chunk], now_ms: i64) -> Result<(Decoded, Option<i64>)> {
+        let decoded = self.decoder.decode(chunks)?;
+        for c in chunks {
+            self.tracker.observe(c.partition, None, now_ms);
+        }
+        for &(p, max) in &decoded.partition_max {
+            self.tracker.observe(p, Some(max), now_ms);
+        }
+        Ok((decoded, self.tracker.watermark(now_ms)))
+    }
+
+    /// Recomputes the watermark on the wall clock (idle advance).
+    pub fn tick(&mut self, now_ms: i64) -> Option<i64> {
+        self.tracker.watermark(now_ms)
+    }
+
+    pub fn finish(&mut self) -> i64 {
+        self.tracker.finish()
+    }
+}
+
+/// Schema of error-output rows, for sinks that receive them.
+pub fn error_schema() -> SchemaRef {
+    let s = |n: &str| Field::new(n, DataType::Utf8, false);
+    Arc::new(Schema::new(vec![
+        s("query"),
+        s("stream"),
+        s("kind"),
+        s("reason"),
+        s("payload"),
+        Field::new(
+            ARRIVAL_TIME,
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]))
+}
+
+/// Error records as a batch of [`error_schema`].
+pub fn errors_batch(query: &str, stream: &str, errors: &[RecordError]) -> Result<RecordBatch> {
+    let n = errors.len();
+    let repeat = |v: &str| -> ArrayRef { Arc::new(StringArray::from(vec![v; n])) };
+    let columns: Vec<ArrayRef> = vec![
+        repeat(query),
+        repeat(stream),
+        Arc::new(StringArray::from_iter_values(
+            errors.iter().map(|e| e.kind.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            errors.iter().map(|e| e.reason.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            errors.iter().map(|e| e.payload.as_str()),
+        )),
+        Arc::new(TimestampMillisecondArray::from_iter_values(
+            errors.iter().map(|e| e.arrival_ms),
+        )),
+    ];
+    Ok(RecordBatch::try_new(error_schema(), columns)?)
+}
+
+/// Runs one step of a query: pushes the decoded batches, hands the stream's decode
+/// errors to the query's error output, then applies the new watermark.
+pub(crate) fn step_query(
+    q: &mut Query,
+    decoded: &Decoded,
+    watermark: Option<i64>,
+    arrival_ms: i64,
+) -> Result<Emitted> {
+    let mut out = Emitted::default();
+    if !decoded.errors.is_empty() {
+        q.counters.errors += decoded.errors.len() as u64;
+        out.errors.extend(decoded.errors.iter().cloned());
+    }
+    for b in &decoded.batches {
+        let e = q.push(b, arrival_ms)?;
+        out.batches.extend(e.batches);
+        out.errors.extend(e.errors);
+    }
+    if let Some(wm) = watermark {
+        out.batches.extend(q.advance(wm)?.batches);
+    }
+    Ok(out)
+}
