@@ -270,7 +270,7 @@ impl Catalog {
                 let name = q.name.clone().or_else(|| q.sink.clone())?;
                 self.queries
                     .contains_key(&name)
-                    .then(|| Change::Unchanged(ObjectKind::Query, name))
+                    .then_some(Change::Unchanged(ObjectKind::Query, name))
             }
             _ => None,
         }

@@ -133,13 +133,14 @@ async fn submit_application(
         let mut form = Multipart::from_request(req, &state)
             .await
             .map_err(|e| ApiError::bad_request(e.body_text()))?;
-        let mut text = None;
-        while let Some(field) = form.next_field().await.map_err(|e| ApiError::bad_request(e.body_text()))? {
-            let bytes = field.bytes().await.map_err(|e| ApiError::bad_request(e.body_text()))?;
-            text = Some(String::from_utf8(bytes.to_vec()).map_err(|_| ApiError::bad_request("the SQL file is not UTF-8"))?);
-            break;
-        }
-        text.ok_or_else(|| ApiError::bad_request("the form has no file"))?
+        // The first field is the file, whatever its name.
+        let field = form
+            .next_field()
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?
+            .ok_or_else(|| ApiError::bad_request("the form has no file"))?;
+        let bytes = field.bytes().await.map_err(|e| ApiError::bad_request(e.body_text()))?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| ApiError::bad_request("the SQL file is not UTF-8"))?
     } else if content_type.starts_with("text/") || content_type.starts_with("application/sql") {
         let body = Bytes::from_request(req, &state)
             .await
