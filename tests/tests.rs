@@ -1,5 +1,8 @@
 //! Integration tests: one binary, one module per area (ripgrep's layout), so the
 //! suite links DataFusion once.
 
+mod browser;
 mod cli;
 mod differential;
+mod api;
+mod service;

@@ -151,6 +151,11 @@ impl OutputHub {
         let rx = self.tx.subscribe();
         (latest.iter().cloned().collect(), rx)
     }
+
+    /// How many live subscribers (WebSocket clients) there are.
+    pub fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
+    }
 }
 
 /// What the API shows of a query; shared by the query's stream task and readers.
@@ -520,9 +525,7 @@ impl Manager {
     }
 
     fn spawn_stream(self: &Arc<Self>, def: &crate::catalog::StreamDef) -> Result<StreamRun> {
-        let mut source_ctx = self.options.connectors.sources.clone();
-        source_ctx.file_root = source_ctx.file_root.clone();
-        let source = sources::build(&def.connector, &def.options, &source_ctx)?;
+        let source = sources::build(&def.connector, &def.options, &self.options.connectors.sources)?;
         let core = StreamCore::new(def, source.partitions(), SystemClock.now_ms())?;
         let (input_tx, input_rx) = mpsc::channel(SOURCE_CHANNEL);
         let (control_tx, control_rx) = mpsc::channel(CONTROL_CHANNEL);
@@ -703,7 +706,8 @@ struct Persisted {
 struct Object {
     name: String,
     sql: String,
-    #[serde(default)]
+    /// Queries only: whether it should run after a restart.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     running: bool,
 }
 
