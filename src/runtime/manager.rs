@@ -219,8 +219,12 @@ enum Control {
 }
 
 struct StreamRun {
-    control: mpsc::Sender<Control>,
-    input: mpsc::Sender<Input>,
+    /// Unbounded: attach/detach come one per user action, and must never be lost or
+    /// fail because the stream task is busy (waiting on a slow sink).
+    control: mpsc::UnboundedSender<Control>,
+    /// For `http` streams only: where the API hands bodies. Other streams must not
+    /// keep a sender, or their input could never end.
+    input: Option<mpsc::Sender<Input>>,
     task: JoinHandle<()>,
     source: JoinHandle<()>,
     state: Arc<StreamState>,
@@ -233,10 +237,9 @@ struct SinkRun {
 }
 
 /// Channel capacities: small, so memory stays bounded and backpressure reaches the
-/// source quickly (in chunks, batches and control messages).
+/// source quickly (in chunks and batches).
 const SOURCE_CHANNEL: usize = 8;
 const SINK_CHANNEL: usize = 16;
-const CONTROL_CHANNEL: usize = 16;
 /// Chunks a stream task takes per step at most: enough to fill a decode batch from
 /// small messages, without delaying big chunks.
 const MAX_CHUNKS_PER_STEP: usize = 256;
@@ -453,8 +456,8 @@ impl Manager {
         }
         let run = &inner.streams[&stream_def.name];
         run.control
-            .try_send(Control::Attach(Box::new(attached)))
-            .map_err(|_| Error::internal("stream control channel is full or closed"))?;
+            .send(Control::Attach(Box::new(attached)))
+            .map_err(|_| Error::internal("stream control channel is closed"))?;
         state.set_status(QueryStatus::Running);
         Ok(())
     }
@@ -469,7 +472,7 @@ impl Manager {
         let stream = state.stream.clone();
         if let Some(run) = inner.streams.get(&stream) {
             let (tx, _rx) = oneshot::channel();
-            let _ = run.control.try_send(Control::Detach(name.to_string(), tx));
+            let _ = run.control.send(Control::Detach(name.to_string(), tx));
         }
         // The stream stops with its last running query.
         let others = inner
@@ -528,7 +531,7 @@ impl Manager {
         let source = sources::build(&def.connector, &def.options, &self.options.connectors.sources)?;
         let core = StreamCore::new(def, source.partitions(), SystemClock.now_ms())?;
         let (input_tx, input_rx) = mpsc::channel(SOURCE_CHANNEL);
-        let (control_tx, control_rx) = mpsc::channel(CONTROL_CHANNEL);
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
         let state = Arc::new(StreamState::default());
         *state.status.lock().expect("lock") = "running".into();
         let source_state = Arc::clone(&state);
@@ -550,7 +553,8 @@ impl Manager {
         };
         let shutdown = self.shutdown.subscribe();
         let task = tokio::spawn(task.run(input_rx, control_rx, shutdown));
-        Ok(StreamRun { control: control_tx, input: input_tx, task, source, state })
+        let input = (def.connector == "http").then_some(input_tx);
+        Ok(StreamRun { control: control_tx, input, task, source, state })
     }
 
     /// Hands an HTTP body to a running `http` stream and waits for its report.
@@ -568,8 +572,8 @@ impl Manager {
                     def.connector
                 )));
             }
-            match inner.streams.get(stream).filter(|r| !r.task.is_finished()) {
-                Some(r) => r.input.clone(),
+            match inner.streams.get(stream).filter(|r| !r.task.is_finished()).and_then(|r| r.input.clone()) {
+                Some(input) => input,
                 None => {
                     return Err(Error::user(format!(
                         "stream '{stream}' has no running query, so records would be lost; start one first"
@@ -724,7 +728,7 @@ impl StreamTask {
     async fn run(
         mut self,
         mut input: mpsc::Receiver<Input>,
-        mut control: mpsc::Receiver<Control>,
+        mut control: mpsc::UnboundedReceiver<Control>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let clock = SystemClock;
