@@ -58,6 +58,9 @@ pub struct QueryDef {
     pub name: String,
     pub sql: String,
     pub sink: Option<String>,
+    /// The query part, normalized (how `apply_if_missing` recognizes an unnamed
+    /// query it loaded before, whatever name it was given).
+    pub query_text: String,
     pub plan: Arc<QueryPlan>,
 }
 
@@ -90,11 +93,20 @@ impl Catalog {
 
     /// Like [`Catalog::apply`], but a statement creating a name that exists is skipped,
     /// as if it said `IF NOT EXISTS`: loading the same files again changes nothing.
-    pub fn apply_if_missing(&mut self, sql: &str, connectors: &dyn ConnectorCheck) -> Result<Vec<Change>> {
+    pub fn apply_if_missing(
+        &mut self,
+        sql: &str,
+        connectors: &dyn ConnectorCheck,
+    ) -> Result<Vec<Change>> {
         self.apply_with(sql, connectors, true)
     }
 
-    fn apply_with(&mut self, sql: &str, connectors: &dyn ConnectorCheck, if_missing: bool) -> Result<Vec<Change>> {
+    fn apply_with(
+        &mut self,
+        sql: &str,
+        connectors: &dyn ConnectorCheck,
+        if_missing: bool,
+    ) -> Result<Vec<Change>> {
         let statements = sql::parse_application(sql)?;
         let mut next = self.clone();
         let mut changes = Vec::with_capacity(statements.len());
@@ -194,6 +206,7 @@ impl Catalog {
                         name: name.clone(),
                         sql: text,
                         sink: q.sink.clone(),
+                        query_text: q.query.to_string(),
                         plan: Arc::new(plan),
                     },
                 );
@@ -267,10 +280,18 @@ impl Catalog {
                 Some(Change::Unchanged(ObjectKind::Sink, s.name.clone()))
             }
             Statement::Query(q) => {
-                let name = q.name.clone().or_else(|| q.sink.clone())?;
+                if let Some(name) = &q.name {
+                    return self
+                        .queries
+                        .contains_key(name)
+                        .then(|| Change::Unchanged(ObjectKind::Query, name.clone()));
+                }
+                // Unnamed: the same query into the same sink (or none) is the same query.
+                let text = q.query.to_string();
                 self.queries
-                    .contains_key(&name)
-                    .then_some(Change::Unchanged(ObjectKind::Query, name))
+                    .values()
+                    .find(|d| d.sink == q.sink && d.query_text == text)
+                    .map(|d| Change::Unchanged(ObjectKind::Query, d.name.clone()))
             }
             _ => None,
         }

@@ -124,17 +124,27 @@ fn check(files: Vec<PathBuf>) -> CliResult {
 }
 
 fn run(file: PathBuf) -> CliResult {
-    let sql = std::fs::read_to_string(&file)
-        .map_err(|e| (None, Error::external(format!("cannot read {}: {e}", file.display()))))?;
+    let sql = std::fs::read_to_string(&file).map_err(|e| {
+        (
+            None,
+            Error::external(format!("cannot read {}: {e}", file.display())),
+        )
+    })?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| (None, Error::internal(e.to_string())))?;
     rt.block_on(async {
-        let manager = Manager::new(ManagerOptions { print_previews: true, ..Default::default() });
+        let manager = Manager::new(ManagerOptions {
+            print_previews: true,
+            ..Default::default()
+        });
         manager.apply(&sql).map_err(|e| (Some(file.clone()), e))?;
         if manager.query_states().is_empty() {
-            return Err((Some(file.clone()), Error::user("the application has no queries to run")));
+            return Err((
+                Some(file.clone()),
+                Error::user("the application has no queries to run"),
+            ));
         }
         let signals = std::sync::Arc::clone(&manager);
         tokio::spawn(async move {
@@ -175,7 +185,10 @@ fn serve(args: ServeArgs) -> CliResult {
         .map_err(|e| (None, Error::internal(e.to_string())))?;
     rt.block_on(async move {
         std::fs::create_dir_all(&args.data_dir).map_err(|e| {
-            (None, Error::external(format!("cannot create {}: {e}", args.data_dir.display())))
+            (
+                None,
+                Error::external(format!("cannot create {}: {e}", args.data_dir.display())),
+            )
         })?;
         let mut connectors = Connectors::default();
         // Trusted files (--queries) may still only reach files under the data dir.
@@ -190,12 +203,17 @@ fn serve(args: ServeArgs) -> CliResult {
         });
         let restored = manager.restore().map_err(|e| (None, e))?;
         if restored > 0 {
-            tracing::info!(queries = restored, "restored the catalog and restarted its running queries");
+            tracing::info!(
+                queries = restored,
+                "restored the catalog and restarted its running queries"
+            );
         }
         if let Some(dir) = &args.queries {
             load_dir(&manager, dir)?;
         }
-        let token = std::env::var("SLUICE_API_TOKEN").ok().filter(|t| !t.is_empty());
+        let token = std::env::var("SLUICE_API_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
         let app = sluice::api::app(
             std::sync::Arc::clone(&manager),
             sluice::api::ApiOptions {
@@ -206,8 +224,15 @@ fn serve(args: ServeArgs) -> CliResult {
         );
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
-            .map_err(|e| (None, Error::external(format!("cannot listen on {}: {e}", args.listen))))?;
-        let addr = listener.local_addr().map_err(|e| (None, Error::external(e.to_string())))?;
+            .map_err(|e| {
+                (
+                    None,
+                    Error::external(format!("cannot listen on {}: {e}", args.listen)),
+                )
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| (None, Error::external(e.to_string())))?;
         tracing::info!("listening on http://{addr} (dashboard at /)");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut server_stop = stop_rx.clone();
@@ -236,13 +261,14 @@ fn serve(args: ServeArgs) -> CliResult {
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -254,16 +280,30 @@ async fn wait_for_signal() {
 
 fn load_dir(manager: &std::sync::Arc<Manager>, dir: &std::path::Path) -> CliResult {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| (None, Error::external(format!("cannot read {}: {e}", dir.display()))))?
+        .map_err(|e| {
+            (
+                None,
+                Error::external(format!("cannot read {}: {e}", dir.display())),
+            )
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "sql"))
         .collect();
     files.sort();
     for f in files {
-        let sql = std::fs::read_to_string(&f)
-            .map_err(|e| (None, Error::external(format!("cannot read {}: {e}", f.display()))))?;
-        let changes = manager.apply_if_missing(&sql).map_err(|e| (Some(f.clone()), e))?;
-        let created = changes.iter().filter(|c| matches!(c, Change::Created(..))).count();
+        let sql = std::fs::read_to_string(&f).map_err(|e| {
+            (
+                None,
+                Error::external(format!("cannot read {}: {e}", f.display())),
+            )
+        })?;
+        let changes = manager
+            .apply_if_missing(&sql)
+            .map_err(|e| (Some(f.clone()), e))?;
+        let created = changes
+            .iter()
+            .filter(|c| matches!(c, Change::Created(..)))
+            .count();
         tracing::info!(file = %f.display(), created, "loaded");
     }
     Ok(())

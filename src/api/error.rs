@@ -19,7 +19,12 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, kind, message: message.into(), position: None }
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+            position: None,
+        }
     }
     pub fn bad_request(m: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid", m)
@@ -28,15 +33,27 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", m)
     }
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "this route needs Authorization: Bearer <token>")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this route needs Authorization: Bearer <token>",
+        )
     }
     pub fn unsupported_media_type(m: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", m)
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            m,
+        )
     }
     pub fn internal(m: impl Into<String>) -> Self {
         let m = m.into();
         tracing::error!("internal error: {m}");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error (logged)")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error (logged)",
+        )
     }
     /// A rejection from an axum extractor (body too large, bad content type, …).
     pub fn from_rejection(status: StatusCode, m: String) -> Self {

@@ -25,13 +25,13 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-pub use error::ApiError;
 use crate::catalog::Change;
 use crate::engine::fmt_ts;
 use crate::engine::watermark::{Clock, SystemClock};
 use crate::runtime::Manager;
 use crate::runtime::manager::{QueryState, QueryStatus};
 use crate::sql::ObjectKind;
+pub use error::ApiError;
 
 /// Settings of the API layer.
 #[derive(Debug, Clone)]
@@ -47,7 +47,11 @@ pub struct ApiOptions {
 
 impl Default for ApiOptions {
     fn default() -> Self {
-        ApiOptions { token: None, max_ingest_bytes: 16 << 20, max_sql_bytes: 1 << 20 }
+        ApiOptions {
+            token: None,
+            max_ingest_bytes: 16 << 20,
+            max_sql_bytes: 1 << 20,
+        }
     }
 }
 
@@ -59,13 +63,19 @@ pub(crate) struct AppState {
 
 /// The whole API as a router.
 pub fn app(manager: Arc<Manager>, options: ApiOptions) -> Router {
-    let state = AppState { manager, options: Arc::new(options) };
+    let state = AppState {
+        manager,
+        options: Arc::new(options),
+    };
     let ingest_limit = state.options.max_ingest_bytes;
     let sql_limit = state.options.max_sql_bytes;
     let protected = Router::new()
         .route("/openapi.json", get(openapi::document))
         .route("/metrics", get(metrics::render))
-        .route("/applications", post(submit_application).layer(DefaultBodyLimit::max(sql_limit)))
+        .route(
+            "/applications",
+            post(submit_application).layer(DefaultBodyLimit::max(sql_limit)),
+        )
         .route("/queries", get(list_queries))
         .route("/queries/{name}", get(get_query).delete(delete_query))
         .route("/queries/{name}/stop", post(stop_query))
@@ -96,13 +106,27 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    // Browsers cannot set headers on a WebSocket: accept the token as a parameter.
-    let param = req.uri().query().and_then(|q| {
-        q.split('&').find_map(|kv| kv.strip_prefix("token=")).map(str::to_string)
-    });
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    // Browsers cannot set headers on a WebSocket: there, accept the token as a
+    // parameter (only there, so tokens do not end up in other URLs and logs).
+    let param = req
+        .uri()
+        .path()
+        .ends_with("/ws")
+        .then(|| req.uri().query())
+        .flatten()
+        .and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("token="))
+                .map(str::to_string)
+        });
     let given = bearer.map(str::to_string).or(param);
-    if given.as_deref().is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+    if given
+        .as_deref()
+        .is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()))
+    {
         next.run(req).await
     } else {
         ApiError::unauthorized().into_response()
@@ -137,15 +161,17 @@ async fn submit_application(
         let field = form
             .next_field()
             .await
-            .map_err(|e| ApiError::bad_request(e.body_text()))?
+            .map_err(multipart_error)?
             .ok_or_else(|| ApiError::bad_request("the form has no file"))?;
-        let bytes = field.bytes().await.map_err(|e| ApiError::bad_request(e.body_text()))?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| ApiError::bad_request("the SQL file is not UTF-8"))?
+        let bytes = field.bytes().await.map_err(multipart_error)?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| ApiError::bad_request("the SQL file is not UTF-8"))?
     } else if content_type.starts_with("text/") || content_type.starts_with("application/sql") {
         let body = Bytes::from_request(req, &state)
             .await
             .map_err(|e| ApiError::from_rejection(e.status(), e.body_text()))?;
-        String::from_utf8(body.to_vec()).map_err(|_| ApiError::bad_request("the SQL is not UTF-8"))?
+        String::from_utf8(body.to_vec())
+            .map_err(|_| ApiError::bad_request("the SQL is not UTF-8"))?
     } else {
         return Err(ApiError::unsupported_media_type(
             "send the SQL as text/plain, or as a multipart/form-data file upload",
@@ -170,6 +196,15 @@ async fn submit_application(
             "unchanged": list(|c| match c { Change::Unchanged(k, n) => Some((*k, n)), _ => None }),
         })),
     ))
+}
+
+/// A failed upload is the client's: too large (413) or malformed (400), never a 5xx.
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    let status = match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ApiError::from_rejection(status, e.body_text())
 }
 
 pub(crate) fn query_json(q: &QueryState) -> Value {
@@ -199,7 +234,14 @@ pub(crate) fn query_json(q: &QueryState) -> Value {
 }
 
 async fn list_queries(State(state): State<AppState>) -> Json<Value> {
-    Json(Value::Array(state.manager.query_states().iter().map(|q| query_json(q)).collect()))
+    Json(Value::Array(
+        state
+            .manager
+            .query_states()
+            .iter()
+            .map(|q| query_json(q))
+            .collect(),
+    ))
 }
 
 fn find_query(state: &AppState, name: &str) -> Result<Arc<QueryState>, ApiError> {
@@ -209,24 +251,36 @@ fn find_query(state: &AppState, name: &str) -> Result<Arc<QueryState>, ApiError>
         .ok_or_else(|| ApiError::not_found(format!("query '{name}' does not exist")))
 }
 
-async fn get_query(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_query(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let q = find_query(&state, &name)?;
     Ok(Json(query_json(&q)))
 }
 
-async fn stop_query(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn stop_query(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let q = find_query(&state, &name)?;
     state.manager.stop_query(&name)?;
     Ok(Json(query_json(&q)))
 }
 
-async fn start_query(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn start_query(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let q = find_query(&state, &name)?;
     state.manager.start_query(&name)?;
     Ok(Json(query_json(&q)))
 }
 
-async fn delete_query(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_query(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     find_query(&state, &name)?;
     state.manager.drop_object(ObjectKind::Query, &name)?;
     Ok(StatusCode::NO_CONTENT)
@@ -269,10 +323,19 @@ fn stream_json(state: &AppState, def: &crate::catalog::StreamDef) -> Value {
 
 async fn list_streams(State(state): State<AppState>) -> Json<Value> {
     let catalog = state.manager.catalog();
-    Json(Value::Array(catalog.streams.values().map(|s| stream_json(&state, s)).collect()))
+    Json(Value::Array(
+        catalog
+            .streams
+            .values()
+            .map(|s| stream_json(&state, s))
+            .collect(),
+    ))
 }
 
-async fn get_stream(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_stream(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let catalog = state.manager.catalog();
     let def = catalog
         .streams
@@ -281,11 +344,19 @@ async fn get_stream(State(state): State<AppState>, Path(name): Path<String>) -> 
     Ok(Json(stream_json(&state, def)))
 }
 
-async fn delete_stream(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_stream(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     if !state.manager.catalog().streams.contains_key(&name) {
-        return Err(ApiError::not_found(format!("stream '{name}' does not exist")));
+        return Err(ApiError::not_found(format!(
+            "stream '{name}' does not exist"
+        )));
     }
-    state.manager.drop_object(ObjectKind::Stream, &name).map_err(ApiError::conflict_if_user)?;
+    state
+        .manager
+        .drop_object(ObjectKind::Stream, &name)
+        .map_err(ApiError::conflict_if_user)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -303,10 +374,19 @@ fn sink_json(state: &AppState, def: &crate::catalog::SinkDef) -> Value {
 
 async fn list_sinks(State(state): State<AppState>) -> Json<Value> {
     let catalog = state.manager.catalog();
-    Json(Value::Array(catalog.sinks.values().map(|s| sink_json(&state, s)).collect()))
+    Json(Value::Array(
+        catalog
+            .sinks
+            .values()
+            .map(|s| sink_json(&state, s))
+            .collect(),
+    ))
 }
 
-async fn get_sink(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_sink(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let catalog = state.manager.catalog();
     let def = catalog
         .sinks
@@ -315,11 +395,17 @@ async fn get_sink(State(state): State<AppState>, Path(name): Path<String>) -> Re
     Ok(Json(sink_json(&state, def)))
 }
 
-async fn delete_sink(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_sink(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     if !state.manager.catalog().sinks.contains_key(&name) {
         return Err(ApiError::not_found(format!("sink '{name}' does not exist")));
     }
-    state.manager.drop_object(ObjectKind::Sink, &name).map_err(ApiError::conflict_if_user)?;
+    state
+        .manager
+        .drop_object(ObjectKind::Sink, &name)
+        .map_err(ApiError::conflict_if_user)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -327,12 +413,20 @@ async fn delete_sink(State(state): State<AppState>, Path(name): Path<String>) ->
 async fn ingest(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    // Too large (413) in the API's error shape, not axum's plain text.
+    let body = body.map_err(|e| ApiError::from_rejection(e.status(), e.body_text()))?;
     if !state.manager.catalog().streams.contains_key(&name) {
-        return Err(ApiError::not_found(format!("stream '{name}' does not exist")));
+        return Err(ApiError::not_found(format!(
+            "stream '{name}' does not exist"
+        )));
     }
-    let report = state.manager.ingest(&name, body.to_vec()).await.map_err(ApiError::conflict_if_user)?;
+    let report = state
+        .manager
+        .ingest(&name, body.to_vec())
+        .await
+        .map_err(ApiError::conflict_if_user)?;
     let rejected: Vec<Value> = report
         .rejected
         .iter()

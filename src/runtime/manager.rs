@@ -145,7 +145,12 @@ impl OutputHub {
     }
 
     /// The latest results, then a receiver of the live ones.
-    pub fn subscribe(&self) -> (Vec<Arc<OutputMessage>>, broadcast::Receiver<Arc<OutputMessage>>) {
+    pub fn subscribe(
+        &self,
+    ) -> (
+        Vec<Arc<OutputMessage>>,
+        broadcast::Receiver<Arc<OutputMessage>>,
+    ) {
         let latest = self.latest.lock().expect("hub lock");
         // Subscribe under the lock: nothing published between the two is missed.
         let rx = self.tx.subscribe();
@@ -285,13 +290,26 @@ impl Manager {
         };
         let persisted = match std::fs::read_to_string(path) {
             Ok(text) => serde_json::from_str::<Persisted>(&text).map_err(|e| {
-                Error::external(format!("catalog file {} is unreadable: {e}", path.display()))
+                Error::external(format!(
+                    "catalog file {} is unreadable: {e}",
+                    path.display()
+                ))
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(Error::external(format!("cannot read {}: {e}", path.display()))),
+            Err(e) => {
+                return Err(Error::external(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )));
+            }
         };
         let mut sql = String::new();
-        for o in persisted.sinks.iter().chain(&persisted.streams).chain(&persisted.queries) {
+        for o in persisted
+            .sinks
+            .iter()
+            .chain(&persisted.streams)
+            .chain(&persisted.queries)
+        {
             sql.push_str(&o.sql);
             sql.push_str(";\n");
         }
@@ -299,7 +317,9 @@ impl Manager {
         inner
             .catalog
             .apply(&sql, &self.options.connectors)
-            .map_err(|e| Error::external(format!("the persisted catalog no longer applies: {e}")))?;
+            .map_err(|e| {
+                Error::external(format!("the persisted catalog no longer applies: {e}"))
+            })?;
         let mut running = 0;
         for q in &persisted.queries {
             self.register_query(&mut inner, &q.name);
@@ -330,7 +350,12 @@ impl Manager {
         self.apply_with(sql, true, false)
     }
 
-    fn apply_with(self: &Arc<Self>, sql: &str, if_missing: bool, untrusted: bool) -> Result<Vec<Change>> {
+    fn apply_with(
+        self: &Arc<Self>,
+        sql: &str,
+        if_missing: bool,
+        untrusted: bool,
+    ) -> Result<Vec<Change>> {
         let connectors = if untrusted {
             self.options.connectors.untrusted()
         } else {
@@ -362,10 +387,14 @@ impl Manager {
             }
         }
         inner.catalog = next;
+        // Every statement was valid: the application is applied. A query that then
+        // cannot start (its sink cannot be built, say) shows as failed, with why.
         for c in &changes {
             if let Change::Created(ObjectKind::Query, name) = c {
                 self.register_query(&mut inner, name);
-                self.start_locked(&mut inner, name)?;
+                if let Err(e) = self.start_locked(&mut inner, name) {
+                    inner.queries[name].set_status(QueryStatus::Failed(e.to_string()));
+                }
             }
         }
         self.persist(&inner)?;
@@ -374,7 +403,12 @@ impl Manager {
 
     fn register_query(&self, inner: &mut Inner, name: &str) {
         let def = &inner.catalog.queries[name];
-        let sql = if def.sql.trim_start().to_ascii_uppercase().starts_with("CREATE QUERY") {
+        let sql = if def
+            .sql
+            .trim_start()
+            .to_ascii_uppercase()
+            .starts_with("CREATE QUERY")
+        {
             def.sql.clone()
         } else {
             format!("CREATE QUERY {} AS {}", quote_ident(name), def.sql)
@@ -419,8 +453,12 @@ impl Manager {
 
     /// Drops a stream, sink or query by name (refused while something uses it).
     pub fn drop_object(self: &Arc<Self>, kind: ObjectKind, name: &str) -> Result<()> {
-        self.apply_untrusted(&format!("DROP {} {}", kind.to_string().to_uppercase(), quote_ident(name)))
-            .map(|_| ())
+        self.apply_untrusted(&format!(
+            "DROP {} {}",
+            kind.to_string().to_uppercase(),
+            quote_ident(name)
+        ))
+        .map(|_| ())
     }
 
     fn start_locked(self: &Arc<Self>, inner: &mut Inner, name: &str) -> Result<()> {
@@ -451,7 +489,9 @@ impl Manager {
             .is_some_and(|r| !r.task.is_finished());
         if !run_alive {
             let run = self.spawn_stream(&stream_def)?;
-            inner.stream_states.insert(stream_def.name.clone(), Arc::clone(&run.state));
+            inner
+                .stream_states
+                .insert(stream_def.name.clone(), Arc::clone(&run.state));
             inner.streams.insert(stream_def.name.clone(), run);
         }
         let run = &inner.streams[&stream_def.name];
@@ -507,7 +547,8 @@ impl Manager {
                     break;
                 }
                 st.batches.fetch_add(1, Ordering::Relaxed);
-                st.rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                st.rows
+                    .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
             }
             if failed.is_none()
                 && let Err(e) = sink.flush().await
@@ -523,12 +564,23 @@ impl Manager {
             };
             *st.status.lock().expect("lock") = status;
         });
-        inner.sinks.insert(name.to_string(), SinkRun { tx: tx.clone(), task, state });
+        inner.sinks.insert(
+            name.to_string(),
+            SinkRun {
+                tx: tx.clone(),
+                task,
+                state,
+            },
+        );
         Ok(tx)
     }
 
     fn spawn_stream(self: &Arc<Self>, def: &crate::catalog::StreamDef) -> Result<StreamRun> {
-        let source = sources::build(&def.connector, &def.options, &self.options.connectors.sources)?;
+        let source = sources::build(
+            &def.connector,
+            &def.options,
+            &self.options.connectors.sources,
+        )?;
         let core = StreamCore::new(def, source.partitions(), SystemClock.now_ms())?;
         let (input_tx, input_rx) = mpsc::channel(SOURCE_CHANNEL);
         let (control_tx, control_rx) = mpsc::unbounded_channel();
@@ -554,7 +606,13 @@ impl Manager {
         let shutdown = self.shutdown.subscribe();
         let task = tokio::spawn(task.run(input_rx, control_rx, shutdown));
         let input = (def.connector == "http").then_some(input_tx);
-        Ok(StreamRun { control: control_tx, input, task, source, state })
+        Ok(StreamRun {
+            control: control_tx,
+            input,
+            task,
+            source,
+            state,
+        })
     }
 
     /// Hands an HTTP body to a running `http` stream and waits for its report.
@@ -572,7 +630,12 @@ impl Manager {
                     def.connector
                 )));
             }
-            match inner.streams.get(stream).filter(|r| !r.task.is_finished()).and_then(|r| r.input.clone()) {
+            match inner
+                .streams
+                .get(stream)
+                .filter(|r| !r.task.is_finished())
+                .and_then(|r| r.input.clone())
+            {
                 Some(input) => input,
                 None => {
                     return Err(Error::user(format!(
@@ -582,12 +645,26 @@ impl Manager {
             }
         };
         let (ack, answer) = oneshot::channel();
-        let chunk = Chunk { data: body, partition: 0, arrival_ms: SystemClock.now_ms() };
+        let chunk = Chunk {
+            data: body,
+            partition: 0,
+            arrival_ms: SystemClock.now_ms(),
+        };
+        // The stream stopping meanwhile (its last query was stopped) is a race with the
+        // user's own action, not a server failure.
+        let stopped = || {
+            Error::user(format!(
+                "stream '{stream}' stopped while the records were sent"
+            ))
+        };
         input
-            .send(Input { chunk, ack: Some(ack) })
+            .send(Input {
+                chunk,
+                ack: Some(ack),
+            })
             .await
-            .map_err(|_| Error::external(format!("stream '{stream}' stopped")))?;
-        answer.await.map_err(|_| Error::external(format!("stream '{stream}' stopped")))
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())
     }
 
     /// A snapshot of the catalog (for listings).
@@ -613,7 +690,11 @@ impl Manager {
 
     /// Every query whose stream's input has not ended; for `sluice run`.
     pub fn running_streams(&self) -> usize {
-        self.lock().streams.values().filter(|r| !r.task.is_finished()).count()
+        self.lock()
+            .streams
+            .values()
+            .filter(|r| !r.task.is_finished())
+            .count()
     }
 
     /// Stops every stream and flushes every sink; bounded by `grace`.
@@ -670,8 +751,24 @@ impl Manager {
         let c = &inner.catalog;
         let persisted = Persisted {
             version: 1,
-            sinks: c.sinks.values().map(|s| Object { name: s.name.clone(), sql: s.sql.clone(), running: false }).collect(),
-            streams: c.streams.values().map(|s| Object { name: s.name.clone(), sql: s.sql.clone(), running: false }).collect(),
+            sinks: c
+                .sinks
+                .values()
+                .map(|s| Object {
+                    name: s.name.clone(),
+                    sql: s.sql.clone(),
+                    running: false,
+                })
+                .collect(),
+            streams: c
+                .streams
+                .values()
+                .map(|s| Object {
+                    name: s.name.clone(),
+                    sql: s.sql.clone(),
+                    running: false,
+                })
+                .collect(),
             queries: inner
                 .queries
                 .values()
@@ -682,7 +779,8 @@ impl Manager {
                 })
                 .collect(),
         };
-        let text = serde_json::to_string_pretty(&persisted).map_err(|e| Error::internal(e.to_string()))?;
+        let text =
+            serde_json::to_string_pretty(&persisted).map_err(|e| Error::internal(e.to_string()))?;
         // Write then rename: a crash leaves the old catalog or the new one, never half.
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -784,13 +882,16 @@ impl StreamTask {
 
     async fn ingest(&mut self, inputs: Vec<Input>, now: i64) {
         // Acknowledged chunks are decoded alone, so their report is exactly theirs.
-        let (acked, plain): (Vec<Input>, Vec<Input>) = inputs.into_iter().partition(|i| i.ack.is_some());
+        let (acked, plain): (Vec<Input>, Vec<Input>) =
+            inputs.into_iter().partition(|i| i.ack.is_some());
         if !plain.is_empty() {
             let chunks: Vec<Chunk> = plain.into_iter().map(|i| i.chunk).collect();
             self.ingest_chunks(&chunks, now).await;
         }
         for i in acked {
-            let report = self.ingest_chunks(std::slice::from_ref(&i.chunk), now).await;
+            let report = self
+                .ingest_chunks(std::slice::from_ref(&i.chunk), now)
+                .await;
             if let Some(ack) = i.ack {
                 let _ = ack.send(report);
             }
@@ -798,17 +899,26 @@ impl StreamTask {
     }
 
     async fn ingest_chunks(&mut self, chunks: &[Chunk], now: i64) -> IngestReport {
-        self.state.chunks.fetch_add(chunks.len() as u64, Ordering::Relaxed);
+        self.state
+            .chunks
+            .fetch_add(chunks.len() as u64, Ordering::Relaxed);
         match self.core.ingest(chunks, now) {
             Ok((decoded, wm)) => {
                 let accepted: usize = decoded.batches.iter().map(|b| b.num_rows()).sum();
-                self.state.records_in.fetch_add(accepted as u64, Ordering::Relaxed);
-                self.state.decode_errors.fetch_add(decoded.errors.len() as u64, Ordering::Relaxed);
+                self.state
+                    .records_in
+                    .fetch_add(accepted as u64, Ordering::Relaxed);
+                self.state
+                    .decode_errors
+                    .fetch_add(decoded.errors.len() as u64, Ordering::Relaxed);
                 if let Some(w) = wm {
                     self.state.watermark.store(w, Ordering::Relaxed);
                 }
                 self.step(&decoded, wm, now).await;
-                IngestReport { accepted, rejected: decoded.errors }
+                IngestReport {
+                    accepted,
+                    rejected: decoded.errors,
+                }
             }
             Err(e) => {
                 // The decoder failed as a whole (a bug, not bad data): say so loudly.
@@ -832,7 +942,12 @@ impl StreamTask {
             // itself (its accumulators) must not be held across an await.
             let (name, state, results, errors) = {
                 let q = &self.queries[i];
-                (q.name.clone(), Arc::clone(&q.state), q.results.clone(), q.errors.clone())
+                (
+                    q.name.clone(),
+                    Arc::clone(&q.state),
+                    q.results.clone(),
+                    q.errors.clone(),
+                )
             };
             let out = match out {
                 Ok(o) => o,

@@ -56,7 +56,10 @@ impl Connectors {
 
     /// The same connectors, refusing local files.
     pub fn untrusted(&self) -> Self {
-        Connectors { deny_files: true, ..self.clone() }
+        Connectors {
+            deny_files: true,
+            ..self.clone()
+        }
     }
 }
 

@@ -123,8 +123,14 @@ impl Step {
         };
         for (name, q) in queries.iter_mut() {
             let e = step_query(q, decoded, wm, now)?;
-            self.outputs.entry(name.clone()).or_default().extend(e.batches);
-            self.errors.entry(name.clone()).or_default().extend(e.errors);
+            self.outputs
+                .entry(name.clone())
+                .or_default()
+                .extend(e.batches);
+            self.errors
+                .entry(name.clone())
+                .or_default()
+                .extend(e.errors);
         }
         Ok(())
     }
@@ -150,4 +156,3 @@ impl Step {
         self.streams.get(stream).and_then(|s| s.tracker.current())
     }
 }
-
