@@ -487,17 +487,21 @@ impl Manager {
             .streams
             .get(&stream_def.name)
             .is_some_and(|r| !r.task.is_finished());
-        if !run_alive {
-            let run = self.spawn_stream(&stream_def)?;
+        if run_alive {
+            inner.streams[&stream_def.name]
+                .control
+                .send(Control::Attach(Box::new(attached)))
+                .map_err(|_| Error::internal("stream control channel is closed"))?;
+        } else {
+            // The first query goes into the task before it (and its source) starts:
+            // attached later, the records the source sends first would meet a stream
+            // with no query and be lost.
+            let run = self.spawn_stream(&stream_def, attached)?;
             inner
                 .stream_states
                 .insert(stream_def.name.clone(), Arc::clone(&run.state));
             inner.streams.insert(stream_def.name.clone(), run);
         }
-        let run = &inner.streams[&stream_def.name];
-        run.control
-            .send(Control::Attach(Box::new(attached)))
-            .map_err(|_| Error::internal("stream control channel is closed"))?;
         state.set_status(QueryStatus::Running);
         Ok(())
     }
@@ -575,7 +579,11 @@ impl Manager {
         Ok(tx)
     }
 
-    fn spawn_stream(self: &Arc<Self>, def: &crate::catalog::StreamDef) -> Result<StreamRun> {
+    fn spawn_stream(
+        self: &Arc<Self>,
+        def: &crate::catalog::StreamDef,
+        first: Attached,
+    ) -> Result<StreamRun> {
         let source = sources::build(
             &def.connector,
             &def.options,
@@ -597,7 +605,7 @@ impl Manager {
         });
         let task = StreamTask {
             core,
-            queries: Vec::new(),
+            queries: vec![first],
             state: Arc::clone(&state),
             print_previews: self.options.print_previews,
             memory_limit: self.options.query_memory_bytes,
