@@ -39,7 +39,6 @@ use sluice::decode::{BATCH_ROWS, Chunk, JsonDecoder};
 use sluice::engine::{Query, QueryPlan};
 use sluice::runtime::{Connectors, StreamCore};
 use sluice::sources::simulator::Simulator;
-use sluice::sql::planner::ARRIVAL_TIME;
 
 const DEVICES: u64 = 10_000;
 /// Readings per second of event time: a 10-second window holds 100,000 readings,
@@ -224,14 +223,7 @@ fn pipeline(c: &mut Criterion) {
     let bytes: usize = chunks.iter().map(|c| c.data.len()).sum();
     let (def, plan) = plan();
     let schema = raw_schema(&def);
-    let time_index = def.event_time.as_ref().map(|_| def.info.time_index);
-    let decoder = JsonDecoder::new(
-        def.columns.clone(),
-        ARRIVAL_TIME,
-        time_index,
-        def.max_record_bytes,
-    )
-    .expect("decoder");
+    let decoder = def.decoder().expect("decoder");
 
     // Check once, untimed, that every path sees every record and the query does real
     // work: no decode errors, nothing late, windows emitted.

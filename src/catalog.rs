@@ -45,6 +45,20 @@ pub struct StreamDef {
     pub info: Arc<StreamInfo>,
 }
 
+impl StreamDef {
+    /// The decoder for this stream's records: its declared columns, then
+    /// `arrival_time`; the event-time column (if any) must never be null.
+    pub fn decoder(&self) -> Result<crate::decode::JsonDecoder> {
+        let time_index = self.event_time.as_ref().map(|_| self.info.time_index);
+        crate::decode::JsonDecoder::new(
+            self.columns.clone(),
+            ARRIVAL_TIME,
+            time_index,
+            self.max_record_bytes,
+        )
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SinkDef {
     pub name: String,

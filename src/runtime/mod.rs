@@ -87,13 +87,7 @@ pub struct StreamCore {
 
 impl StreamCore {
     pub fn new(def: &StreamDef, partitions: usize, now_ms: i64) -> Result<Self> {
-        let time_index = def.event_time.as_ref().map(|_| def.info.time_index);
-        let decoder = JsonDecoder::new(
-            def.columns.clone(),
-            ARRIVAL_TIME,
-            time_index,
-            def.max_record_bytes,
-        )?;
+        let decoder = def.decoder()?;
         if decoder.schema().as_ref() != def.info.schema.as_ref() {
             return Err(Error::internal(
                 "decoder and planner disagree on the stream schema",
