@@ -23,6 +23,7 @@ pub mod catalog;
 pub mod decode;
 pub mod engine;
 pub mod error;
+pub mod health;
 pub mod runtime;
 pub mod sinks;
 pub mod sources;

@@ -306,6 +306,7 @@ fn stream_json(state: &AppState, def: &crate::catalog::StreamDef) -> Value {
             "records_in": s.records_in.load(Ordering::Relaxed),
             "decode_errors": s.decode_errors.load(Ordering::Relaxed),
             "chunks": s.chunks.load(Ordering::Relaxed),
+            "connection": s.health.as_ref().map(|h| h.to_json()),
         }),
         None => json!({"status": "idle", "records_in": 0, "decode_errors": 0, "chunks": 0}),
     };
@@ -366,6 +367,7 @@ fn sink_json(state: &AppState, def: &crate::catalog::SinkDef) -> Value {
             "status": s.status.lock().map(|s| s.clone()).unwrap_or_default(),
             "batches": s.batches.load(Ordering::Relaxed),
             "rows": s.rows.load(Ordering::Relaxed),
+            "connection": s.health.as_ref().map(|h| h.to_json()),
         }),
         None => json!({"status": "idle", "batches": 0, "rows": 0}),
     };

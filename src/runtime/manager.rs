@@ -201,6 +201,8 @@ pub struct StreamState {
     pub chunks: AtomicU64,
     pub watermark: AtomicI64,
     pub status: Mutex<String>,
+    /// The connection, for network sources.
+    pub health: Option<Arc<crate::health::Health>>,
 }
 
 #[derive(Debug, Default)]
@@ -208,6 +210,8 @@ pub struct SinkState {
     pub batches: AtomicU64,
     pub rows: AtomicU64,
     pub status: Mutex<String>,
+    /// The connection, for network sinks.
+    pub health: Option<Arc<crate::health::Health>>,
 }
 
 struct Attached {
@@ -539,7 +543,10 @@ impl Manager {
         let def = &inner.catalog.sinks[name];
         let mut sink = sinks::build(&def.connector, &def.options, &self.options.connectors.sinks)?;
         let (tx, mut rx) = mpsc::channel::<RecordBatch>(SINK_CHANNEL);
-        let state = Arc::new(SinkState::default());
+        let state = Arc::new(SinkState {
+            health: sink.health(),
+            ..Default::default()
+        });
         *state.status.lock().expect("lock") = "running".into();
         let st = Arc::clone(&state);
         let sink_name = name.to_string();
@@ -592,7 +599,10 @@ impl Manager {
         let core = StreamCore::new(def, source.partitions(), SystemClock.now_ms())?;
         let (input_tx, input_rx) = mpsc::channel(SOURCE_CHANNEL);
         let (control_tx, control_rx) = mpsc::unbounded_channel();
-        let state = Arc::new(StreamState::default());
+        let state = Arc::new(StreamState {
+            health: source.health(),
+            ..Default::default()
+        });
         *state.status.lock().expect("lock") = "running".into();
         let source_state = Arc::clone(&state);
         let tx = input_tx.clone();

@@ -10,11 +10,13 @@ pub mod file;
 pub mod stdout;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use futures::future::BoxFuture;
 
 use crate::error::{Error, Result};
+use crate::health::Health;
 use crate::sql::Options;
 
 /// The contract of every sink connector.
@@ -25,6 +27,11 @@ pub trait Sink: Send {
 
     /// Makes everything written so far durable or visible; called at shutdown.
     fn flush(&mut self) -> BoxFuture<'_, Result<()>>;
+
+    /// The connection's health, for sinks that talk to a network service.
+    fn health(&self) -> Option<Arc<Health>> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, Default)]

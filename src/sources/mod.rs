@@ -13,12 +13,14 @@ pub mod http;
 pub mod simulator;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
 pub use crate::decode::Chunk;
 use crate::error::{Error, RecordError, Result};
+use crate::health::Health;
 use crate::sql::Options;
 
 /// What a source hands the stream: a chunk, and optionally who waits to hear how it
@@ -49,6 +51,11 @@ pub trait Source: Send {
     /// minimum over them).
     fn partitions(&self) -> usize {
         1
+    }
+
+    /// The connection's health, for sources that talk to a network service.
+    fn health(&self) -> Option<Arc<Health>> {
+        None
     }
 
     /// Produces chunks until the input ends or `out` is closed.
