@@ -91,11 +91,7 @@ fn generate(chunks: usize) -> Vec<Chunk> {
             let (from, to) = ((i * BATCH_ROWS) as u64, ((i + 1) * BATCH_ROWS) as u64);
             let mut data = Vec::with_capacity(BATCH_ROWS * 110);
             sim.generate(&mut rng, START_MS, from, to, &mut data);
-            Chunk {
-                data,
-                partition: 0,
-                arrival_ms: NOW_MS,
-            }
+            Chunk::new(data, 0, NOW_MS)
         })
         .collect()
 }

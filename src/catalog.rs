@@ -372,11 +372,15 @@ impl Catalog {
                 ));
             }
             let data_type = self.planner.resolve_type(&c.sql_type, c.position)?;
+            if let Some(key) = &c.metadata {
+                check_metadata(&connector, key, &data_type, c.position)?;
+            }
             columns.push(DecodeColumn {
                 name: c.name.clone(),
                 data_type,
                 nullable: c.nullable,
                 path: c.path.clone(),
+                metadata: c.metadata.clone(),
             });
         }
 
@@ -460,6 +464,10 @@ impl Catalog {
             schema: Arc::new(Schema::new(fields)),
             declared: columns.iter().map(|c| c.name.clone()).collect(),
             time_index,
+            topic_column: columns
+                .iter()
+                .find(|c| c.metadata.as_deref() == Some("topic"))
+                .map(|c| c.name.clone()),
         });
         connectors
             .check_source(&connector, &options)
@@ -507,3 +515,30 @@ impl ConnectorCheck for AnyConnector {
 
 #[allow(dead_code)]
 fn _position(_: Position) {}
+
+/// A metadata column must name a key its connector provides, in a type the value
+/// converts to.
+fn check_metadata(connector: &str, key: &str, to: &DataType, at: Position) -> Result<()> {
+    let keys = crate::sources::metadata_keys(connector);
+    let Some((_, from)) = keys.iter().find(|(k, _)| *k == key) else {
+        let offered = if keys.is_empty() {
+            format!("connector '{connector}' provides no metadata")
+        } else {
+            format!(
+                "connector '{connector}' provides: {}",
+                keys.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+            )
+        };
+        return Err(Error::user_at(
+            format!("unknown metadata key '{key}': {offered}"),
+            at,
+        ));
+    };
+    if !datafusion::arrow::compute::can_cast_types(from, to) {
+        return Err(Error::user_at(
+            format!("metadata '{key}' is {from} and cannot be read as {to}"),
+            at,
+        ));
+    }
+    Ok(())
+}

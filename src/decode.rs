@@ -10,11 +10,17 @@
 //!
 //! Columns with a JSON path (`temp DOUBLE PATH '$.reading.temp'`) are decoded as nested
 //! structs and flattened, so nested fields cost no second parse.
+//!
+//! Metadata columns (`topic TEXT METADATA`) come not from the JSON but from what the
+//! source knows of each record (MQTT topic and QoS, Kinesis shard and sequence
+//! number): a source that has metadata sends NDJSON with exactly one record per line
+//! (see [`append_records`]) and a [`ChunkMeta`] with one value per line.
 
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, RecordBatch, StructArray, TimestampMillisecondArray, make_array,
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray, StructArray,
+    TimestampMillisecondArray, make_array, new_null_array,
 };
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::compute::{concat_batches, filter_record_batch};
@@ -30,6 +36,8 @@ pub struct DecodeColumn {
     pub nullable: bool,
     /// Field names from the top of the record down to the value.
     pub path: Vec<String>,
+    /// For a metadata column: the source's key (e.g. `topic`); `path` is then unused.
+    pub metadata: Option<String>,
 }
 
 /// Rows per decoded batch: large enough to amortize per-batch costs (8K did best in
@@ -37,11 +45,151 @@ pub struct DecodeColumn {
 pub const BATCH_ROWS: usize = 8192;
 
 /// A chunk of raw input: one or more JSON records from one source partition.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Chunk {
     pub data: Vec<u8>,
     pub partition: usize,
     pub arrival_ms: i64,
+    /// Per-record metadata; when present, `data` holds one record per line, in order.
+    pub meta: Option<Box<ChunkMeta>>,
+    /// Records the source refused before decoding (an oversized message), reported on
+    /// the error output like decode errors.
+    pub rejected: Vec<RecordError>,
+}
+
+impl Chunk {
+    pub fn new(data: Vec<u8>, partition: usize, arrival_ms: i64) -> Self {
+        Chunk {
+            data,
+            partition,
+            arrival_ms,
+            ..Default::default()
+        }
+    }
+}
+
+/// Metadata of the records of a chunk, column by column: every column holds one value
+/// per line of the chunk.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkMeta {
+    pub columns: Vec<(&'static str, MetaValues)>,
+}
+
+/// One metadata column's values.
+#[derive(Debug, Clone)]
+pub enum MetaValues {
+    Text(Vec<Arc<str>>),
+    Int(Vec<i64>),
+    Bool(Vec<bool>),
+    /// Epoch milliseconds.
+    Time(Vec<i64>),
+}
+
+impl MetaValues {
+    pub fn data_type(&self) -> DataType {
+        match self {
+            MetaValues::Text(_) => DataType::Utf8,
+            MetaValues::Int(_) => DataType::Int64,
+            MetaValues::Bool(_) => DataType::Boolean,
+            MetaValues::Time(_) => DataType::Timestamp(TimeUnit::Millisecond, None),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            MetaValues::Text(v) => v.len(),
+            MetaValues::Int(v) | MetaValues::Time(v) => v.len(),
+            MetaValues::Bool(v) => v.len(),
+        }
+    }
+
+    /// The values of the given lines (all lines when `None`) as an Arrow array.
+    fn to_array(&self, lines: Option<&[u32]>) -> ArrayRef {
+        fn pick<T: Clone>(v: &[T], lines: Option<&[u32]>) -> Vec<T> {
+            match lines {
+                None => v.to_vec(),
+                Some(ix) => ix.iter().map(|&i| v[i as usize].clone()).collect(),
+            }
+        }
+        match self {
+            MetaValues::Text(v) => Arc::new(StringArray::from_iter_values(
+                pick(v, lines).iter().map(|s| s.as_ref()),
+            )),
+            MetaValues::Int(v) => Arc::new(Int64Array::from(pick(v, lines))),
+            MetaValues::Bool(v) => Arc::new(BooleanArray::from(pick(v, lines))),
+            MetaValues::Time(v) => Arc::new(TimestampMillisecondArray::from(pick(v, lines))),
+        }
+    }
+}
+
+impl ChunkMeta {
+    /// Lines described (the length of every column).
+    pub fn len(&self) -> usize {
+        self.columns.first().map(|(_, v)| v.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Appends the records of one message to `out` as NDJSON, one record per line, and
+/// returns how many lines it added. A message may be one JSON object, an array of
+/// them, or NDJSON; records that span lines are re-encoded onto one. A message that
+/// is not valid JSON is appended as one line (newlines turned to spaces) so the
+/// decoder reports it whole, with its reason, on the error output.
+pub fn append_records(payload: &[u8], out: &mut Vec<u8>) -> usize {
+    let t = payload.trim_ascii();
+    if t.is_empty() {
+        return 0;
+    }
+    // The common case, one object on one line, is copied as it is.
+    if t[0] == b'{' && !t.contains(&b'\n') {
+        out.extend_from_slice(t);
+        out.push(b'\n');
+        return 1;
+    }
+    let start = out.len();
+    let mut n = 0;
+    let mut ok = true;
+    if t[0] == b'[' {
+        match serde_json::from_slice::<Vec<serde_json::Value>>(t) {
+            Ok(values) => {
+                for v in values {
+                    if serde_json::to_writer(&mut *out, &v).is_err() {
+                        ok = false;
+                        break;
+                    }
+                    out.push(b'\n');
+                    n += 1;
+                }
+            }
+            Err(_) => ok = false,
+        }
+    } else {
+        for v in serde_json::Deserializer::from_slice(t).into_iter::<serde_json::Value>() {
+            match v {
+                Ok(v) if serde_json::to_writer(&mut *out, &v).is_ok() => {
+                    out.push(b'\n');
+                    n += 1;
+                }
+                _ => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+    }
+    if ok {
+        return n;
+    }
+    out.truncate(start);
+    out.extend(
+        t.iter()
+            .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
+    );
+    out.push(b'\n');
+    1
 }
 
 /// The output of decoding: batches in the stream's schema, and the records that failed.
@@ -52,6 +200,13 @@ pub struct Decoded {
     /// column (for the watermark).
     pub partition_max: Vec<(usize, i64)>,
     pub errors: Vec<RecordError>,
+}
+
+/// Where a chunk's records came from, passed down the decode paths.
+#[derive(Debug, Clone, Copy)]
+struct Src<'a> {
+    arrival_ms: i64,
+    meta: Option<&'a ChunkMeta>,
 }
 
 #[derive(Debug)]
@@ -79,7 +234,12 @@ impl JsonDecoder {
         time_index: Option<usize>,
         max_record_bytes: usize,
     ) -> Result<Self> {
-        let decode_schema = Arc::new(Schema::new(nest(&columns, 0)?));
+        let json_columns: Vec<DecodeColumn> = columns
+            .iter()
+            .filter(|c| c.metadata.is_none())
+            .cloned()
+            .collect();
+        let decode_schema = Arc::new(Schema::new(nest(&json_columns, 0)?));
         let mut fields: Vec<Field> = columns
             .iter()
             .enumerate()
@@ -166,13 +326,23 @@ impl JsonDecoder {
         chunk: &Chunk,
         errors: &mut Vec<RecordError>,
     ) -> Result<Option<RecordBatch>> {
+        errors.extend(chunk.rejected.iter().cloned());
+        let src = Src {
+            arrival_ms: chunk.arrival_ms,
+            meta: chunk.meta.as_deref(),
+        };
         let data = chunk.data.as_slice();
         let trimmed = data.trim_ascii_start();
         if trimmed.is_empty() {
             return Ok(None);
         }
         if trimmed[0] == b'[' {
-            return self.decode_array(trimmed, chunk.arrival_ms, errors);
+            if src.meta.is_some() {
+                return Err(Error::internal(
+                    "a chunk with metadata must hold one record per line (see append_records)",
+                ));
+            }
+            return self.decode_array(trimmed, src, errors);
         }
         // Records over the size limit are found only when the chunk could hold one.
         let oversized = data.len() > self.max_record_bytes
@@ -180,9 +350,9 @@ impl JsonDecoder {
                 .split(|&b| b == b'\n')
                 .any(|l| l.len() > self.max_record_bytes);
         if oversized {
-            return self.decode_slow(data, chunk.arrival_ms, errors);
+            return self.decode_slow(data, src, errors);
         }
-        self.decode_slow_or_fast(data, chunk.arrival_ms, errors)
+        self.decode_slow_or_fast(data, src, errors)
     }
 
     /// The whole chunk in one vectorized pass.
@@ -245,15 +415,20 @@ impl JsonDecoder {
     fn decode_slow(
         &self,
         data: &[u8],
-        arrival_ms: i64,
+        src: Src,
         errors: &mut Vec<RecordError>,
     ) -> Result<Option<RecordBatch>> {
+        let arrival_ms = src.arrival_ms;
         let mut good: Vec<u8> = Vec::with_capacity(data.len());
+        // Which lines the good records came from, for their metadata.
+        let mut good_lines: Vec<u32> = Vec::new();
+        let mut line_no: u32 = 0;
         for line in data.split(|&b| b == b'\n') {
             let line = line.trim_ascii();
             if line.is_empty() {
                 continue;
             }
+            line_no += 1;
             if line.len() > self.max_record_bytes {
                 errors.push(record_error(
                     RecordErrorKind::Oversized,
@@ -271,6 +446,7 @@ impl JsonDecoder {
                 Ok(b) if b.num_rows() == 1 => {
                     good.extend_from_slice(line);
                     good.push(b'\n');
+                    good_lines.push(line_no - 1);
                 }
                 Ok(b) => errors.push(record_error(
                     RecordErrorKind::Malformed,
@@ -287,7 +463,7 @@ impl JsonDecoder {
         let nested = self.decode_fast(&good).map_err(|e| {
             Error::internal(format!("records that decoded alone failed together: {e}"))
         })?;
-        self.finish(nested, &good, arrival_ms, errors)
+        self.finish(nested, &good, src, Some(&good_lines), errors)
     }
 
     /// A JSON array of records: re-encoded as lines (arrays come from message sources
@@ -295,9 +471,10 @@ impl JsonDecoder {
     fn decode_array(
         &self,
         data: &[u8],
-        arrival_ms: i64,
+        src: Src,
         errors: &mut Vec<RecordError>,
     ) -> Result<Option<RecordBatch>> {
+        let arrival_ms = src.arrival_ms;
         let values: Vec<serde_json::Value> = match serde_json::from_slice(data) {
             Ok(v) => v,
             Err(e) => {
@@ -315,36 +492,55 @@ impl JsonDecoder {
             serde_json::to_writer(&mut lines, &v).map_err(|e| Error::internal(e.to_string()))?;
             lines.push(b'\n');
         }
-        self.decode_slow_or_fast(&lines, arrival_ms, errors)
+        self.decode_slow_or_fast(&lines, src, errors)
     }
 
     fn decode_slow_or_fast(
         &self,
         data: &[u8],
-        arrival_ms: i64,
+        src: Src,
         errors: &mut Vec<RecordError>,
     ) -> Result<Option<RecordBatch>> {
         match self.decode_fast(data) {
-            Ok(nested) => self.finish(nested, data, arrival_ms, errors),
-            Err(_) => self.decode_slow(data, arrival_ms, errors),
+            // With metadata, rows must map one to one onto lines (a line holding two
+            // objects would shift them): otherwise the slow path sorts it out.
+            Ok(nested) if src.meta.is_none_or(|m| m.len() == nested.num_rows()) => {
+                self.finish(nested, data, src, None, errors)
+            }
+            _ => self.decode_slow(data, src, errors),
         }
     }
 
     /// Flattens nested columns, checks required columns, appends `arrival_time`.
+    /// `lines`: which lines of the chunk the rows came from, when not all of them.
     fn finish(
         &self,
         nested: RecordBatch,
         raw: &[u8],
-        arrival_ms: i64,
+        src: Src,
+        lines: Option<&[u32]>,
         errors: &mut Vec<RecordError>,
     ) -> Result<Option<RecordBatch>> {
+        let arrival_ms = src.arrival_ms;
         let n = nested.num_rows();
         if n == 0 {
             return Ok(None);
         }
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.columns.len() + 1);
         for c in &self.columns {
-            columns.push(extract(&nested, &c.path)?);
+            let column = match &c.metadata {
+                None => extract(&nested, &c.path)?,
+                Some(key) => match src
+                    .meta
+                    .and_then(|m| m.columns.iter().find(|(k, _)| k == key))
+                {
+                    None => new_null_array(&c.data_type, n),
+                    Some((_, values)) => {
+                        datafusion::arrow::compute::cast(&values.to_array(lines), &c.data_type)?
+                    }
+                },
+            };
+            columns.push(column);
         }
         // Required columns (NOT NULL, and the event-time column) must have a value.
         let mut missing: Option<Vec<Option<String>>> = None;
@@ -527,18 +723,21 @@ mod tests {
                     data_type: DataType::Int64,
                     nullable: false,
                     path: vec!["id".into()],
+                    metadata: None,
                 },
                 DecodeColumn {
                     name: "temp".into(),
                     data_type: DataType::Float64,
                     nullable: true,
                     path: vec!["r".into(), "temp".into()],
+                    metadata: None,
                 },
                 DecodeColumn {
                     name: "ts".into(),
                     data_type: ts,
                     nullable: true,
                     path: vec!["ts".into()],
+                    metadata: None,
                 },
             ],
             "arrival_time",
@@ -550,6 +749,8 @@ mod tests {
 
     fn chunk(s: &str) -> Chunk {
         Chunk {
+            meta: None,
+            rejected: Vec::new(),
             data: s.as_bytes().to_vec(),
             partition: 0,
             arrival_ms: 7,

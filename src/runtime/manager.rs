@@ -663,11 +663,7 @@ impl Manager {
             }
         };
         let (ack, answer) = oneshot::channel();
-        let chunk = Chunk {
-            data: body,
-            partition: 0,
-            arrival_ms: SystemClock.now_ms(),
-        };
+        let chunk = Chunk::new(body, 0, SystemClock.now_ms());
         // The stream stopping meanwhile (its last query was stopped) is a race with the
         // user's own action, not a server failure.
         let stopped = || {
@@ -936,12 +932,16 @@ impl StreamTask {
                 IngestReport {
                     accepted,
                     rejected: decoded.errors,
+                    failed: None,
                 }
             }
             Err(e) => {
                 // The decoder failed as a whole (a bug, not bad data): say so loudly.
                 tracing::error!(stream = %self.core.def.name, "decode failed: {e}");
-                IngestReport::default()
+                IngestReport {
+                    failed: Some(e.to_string()),
+                    ..Default::default()
+                }
             }
         }
     }

@@ -44,7 +44,19 @@ pub struct Connectors {
 }
 
 impl Connectors {
-    fn check_files(&self, connector: &str) -> Result<()> {
+    fn check_files(&self, connector: &str, options: &Options) -> Result<()> {
+        // `${VAR}` would let SQL from the network read this server's environment
+        // (credentials included) and send it to a broker of its choosing.
+        if self.deny_files
+            && let Some((key, at)) = options.env_reference()
+        {
+            return Err(Error::user_at(
+                format!(
+                    "option '{key}' reads an environment variable: only SQL files loaded at start                      (--queries) may do that; write the value itself"
+                ),
+                at,
+            ));
+        }
         if self.deny_files && connector == "file" {
             return Err(Error::user(
                 "the 'file' connector is not available to SQL submitted over HTTP (it would read or \
@@ -65,13 +77,13 @@ impl Connectors {
 
 impl ConnectorCheck for Connectors {
     fn check_source(&self, connector: &str, options: &Options) -> Result<()> {
-        self.check_files(connector)?;
+        self.check_files(connector, options)?;
         let mut o = options.clone();
         o.take("connector");
         sources::build(connector, &o, &self.sources).map(|_| ())
     }
     fn check_sink(&self, connector: &str, options: &Options) -> Result<()> {
-        self.check_files(connector)?;
+        self.check_files(connector, options)?;
         let mut o = options.clone();
         o.take("connector");
         sinks::build(connector, &o, &self.sinks).map(|_| ())

@@ -72,11 +72,7 @@ impl Step {
             .streams
             .get_mut(stream)
             .ok_or_else(|| Error::user(format!("unknown stream '{stream}'")))?;
-        let chunk = Chunk {
-            data,
-            partition,
-            arrival_ms: now,
-        };
+        let chunk = Chunk::new(data, partition, now);
         let (decoded, wm) = core.ingest(std::slice::from_ref(&chunk), now)?;
         self.drive(stream, &decoded, wm, now)
     }

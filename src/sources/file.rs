@@ -70,24 +70,14 @@ async fn read_fast(file: &mut tokio::fs::File, out: &mpsc::Sender<Input>) -> Res
         if let Some(last_nl) = carry.iter().rposition(|&b| b == b'\n') {
             let rest = carry.split_off(last_nl + 1);
             let data = std::mem::replace(&mut carry, rest);
-            let chunk = Chunk {
-                data,
-                partition: 0,
-                arrival_ms: now_ms(),
-            };
+            let chunk = Chunk::new(data, 0, now_ms());
             if out.send(chunk.into()).await.is_err() {
                 return Ok(());
             }
         }
     }
     if !carry.is_empty() {
-        let _ = out
-            .send(Input::from(Chunk {
-                data: carry,
-                partition: 0,
-                arrival_ms: now_ms(),
-            }))
-            .await;
+        let _ = out.send(Input::from(Chunk::new(carry, 0, now_ms()))).await;
     }
     Ok(())
 }
@@ -115,11 +105,7 @@ async fn read_paced(file: tokio::fs::File, rate: u64, out: &mpsc::Sender<Input>)
             return Ok(());
         }
         if out
-            .send(Input::from(Chunk {
-                data,
-                partition: 0,
-                arrival_ms: now_ms(),
-            }))
+            .send(Input::from(Chunk::new(data, 0, now_ms())))
             .await
             .is_err()
         {

@@ -10,11 +10,13 @@
 
 pub mod file;
 pub mod http;
+pub mod mqtt;
 pub mod simulator;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::DataType;
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
@@ -43,6 +45,9 @@ impl From<Chunk> for Input {
 pub struct IngestReport {
     pub accepted: usize,
     pub rejected: Vec<RecordError>,
+    /// The chunk could not be processed at all (not a record's fault): a source that
+    /// acknowledges must not acknowledge it.
+    pub failed: Option<String>,
 }
 
 /// The contract of every source connector.
@@ -70,19 +75,32 @@ pub struct SourceContext {
 }
 
 /// The source connectors, by name.
-pub const CONNECTORS: [&str; 3] = ["file", "http", "simulator"];
+pub const CONNECTORS: [&str; 4] = ["file", "http", "mqtt", "simulator"];
 
 /// Builds a source from its connector name and options, rejecting unknown options.
 pub fn build(connector: &str, options: &Options, ctx: &SourceContext) -> Result<Box<dyn Source>> {
-    let options = options.clone();
+    let mut options = options.clone();
+    options.expand_env()?;
     match connector {
         "file" => Ok(Box::new(file::FileSource::from_options(options, ctx)?)),
         "http" => Ok(Box::new(http::HttpSource::from_options(options)?)),
+        "mqtt" => Ok(Box::new(mqtt::MqttSource::from_options(options, ctx)?)),
         "simulator" => Ok(Box::new(simulator::Simulator::from_options(options)?)),
         other => Err(Error::user(format!(
             "unknown source connector '{other}'; available: {}",
             CONNECTORS.join(", ")
         ))),
+    }
+}
+
+/// The metadata a connector provides to `METADATA` columns, with the type of each.
+pub fn metadata_keys(connector: &str) -> Vec<(&'static str, DataType)> {
+    match connector {
+        "mqtt" => mqtt::METADATA
+            .iter()
+            .map(|(k, t)| (*k, t.clone()))
+            .collect(),
+        _ => Vec::new(),
     }
 }
 

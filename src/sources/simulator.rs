@@ -158,11 +158,7 @@ impl Source for Simulator {
                 let mut data = Vec::with_capacity((to - sent) as usize * 110);
                 self.generate(&mut rng, start_ms, sent, to, &mut data);
                 if out
-                    .send(Input::from(Chunk {
-                        data,
-                        partition: 0,
-                        arrival_ms: now(),
-                    }))
+                    .send(Input::from(Chunk::new(data, 0, now())))
                     .await
                     .is_err()
                 {

@@ -61,6 +61,9 @@ pub struct ColumnDef {
     pub nullable: bool,
     /// JSON path: field names from the record's top level down. Defaults to `[name]`.
     pub path: Vec<String>,
+    /// `METADATA [FROM 'key']`: the value comes from the source (MQTT topic, Kinesis
+    /// shard…), not from the JSON; the key defaults to the column name.
+    pub metadata: Option<String>,
     pub position: Position,
 }
 

@@ -120,6 +120,28 @@ impl Options {
         }
     }
 
+    /// Replaces `${NAME}` and `${NAME:-default}` in every value with the environment
+    /// variable (or the default when it is unset or empty), so one SQL file serves
+    /// every deployment: `url = '${REDIS_URL:-redis://127.0.0.1:6379}'`. `$$` is a
+    /// literal `$`.
+    pub fn expand_env(&mut self) -> Result<()> {
+        for (key, v) in self.values.iter_mut() {
+            if v.value.contains('$') {
+                v.value = expand(&v.value, |name| std::env::var(name).ok())
+                    .map_err(|e| Error::user_at(format!("option '{key}': {e}"), v.position))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The first option that reads the environment, if any.
+    pub fn env_reference(&self) -> Option<(&str, Position)> {
+        self.values
+            .iter()
+            .find(|(_, v)| v.value.contains("${"))
+            .map(|(k, v)| (k.as_str(), v.position))
+    }
+
     /// Fails on the first key nobody took, naming the valid keys of `what`.
     pub fn finish(self, what: &str) -> Result<()> {
         if let Some((key, v)) = self.values.into_iter().next() {
@@ -191,5 +213,76 @@ mod tests {
             err,
             "2:9: unknown option 'rat' for connector 'file'; valid options are: path, rate"
         );
+    }
+}
+
+/// `${NAME}` / `${NAME:-default}` substitution with `lookup`.
+fn expand(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> std::result::Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        if let Some(r) = rest.strip_prefix("$$") {
+            out.push('$');
+            rest = r;
+            continue;
+        }
+        let Some(body) = rest.strip_prefix("${") else {
+            out.push('$');
+            rest = &rest[1..];
+            continue;
+        };
+        let end = body
+            .find('}')
+            .ok_or_else(|| format!("unclosed '${{' in '{text}'"))?;
+        let inner = &body[..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!("'${{{inner}}}' is not a variable name"));
+        }
+        match (lookup(name).filter(|v| !v.is_empty()), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => {
+                return Err(format!(
+                    "environment variable {name} is not set (write ${{{name}:-default}} to give a default)"
+                ));
+            }
+        }
+        rest = &body[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod env_tests {
+    use super::expand;
+
+    #[test]
+    fn expands_variables_and_defaults() {
+        let env = |n: &str| (n == "HOST").then(|| "redis.local".to_string());
+        assert_eq!(
+            expand("redis://${HOST}:6379", env).unwrap(),
+            "redis://redis.local:6379"
+        );
+        assert_eq!(expand("${PORT:-6379}", env).unwrap(), "6379");
+        assert_eq!(expand("${HOST:-x}/a", env).unwrap(), "redis.local/a");
+        assert_eq!(expand("cost $5 and $$", env).unwrap(), "cost $5 and $");
+        assert!(
+            expand("${NOPE}", env)
+                .unwrap_err()
+                .contains("NOPE is not set")
+        );
+        assert!(expand("${A B}", env).is_err());
+        assert!(expand("${OPEN", env).is_err());
     }
 }

@@ -242,20 +242,45 @@ fn parse_create_stream(p: &mut Parser, start: Position) -> Result<CreateStream> 
     })
 }
 
-/// `name TYPE [NOT NULL | NULL] [PATH 'a.b.c']`
+/// `name TYPE [NOT NULL | NULL] [PATH 'a.b.c' | METADATA [FROM 'key']]`
 fn parse_column(p: &mut Parser) -> Result<ColumnDef> {
     let t = p.peek_token();
     let ident = p.parse_identifier().map_err(parser_error)?;
     let sql_type = p.parse_data_type().map_err(parser_error)?;
     let mut nullable = true;
     let mut path = vec![ident.value.clone()];
+    let mut has_path = false;
+    let mut metadata: Option<String> = None;
     loop {
+        if word_at(p, 0).as_deref() == Some("METADATA") {
+            let at = p.next_token();
+            let key = if p.parse_keyword(Keyword::FROM) {
+                p.parse_literal_string().map_err(parser_error)?
+            } else {
+                ident.value.clone()
+            };
+            if has_path {
+                return Err(Error::user_at(
+                    "a column is read either from the JSON (PATH) or from the source (METADATA), not both",
+                    pos(at.span.start),
+                ));
+            }
+            metadata = Some(key);
+            continue;
+        }
         if p.parse_keywords(&[Keyword::NOT, Keyword::NULL]) {
             nullable = false;
         } else if p.parse_keyword(Keyword::NULL) {
             nullable = true;
         } else if word_at(p, 0).as_deref() == Some("PATH") {
-            p.next_token();
+            let kw = p.next_token();
+            if metadata.is_some() {
+                return Err(Error::user_at(
+                    "a column is read either from the JSON (PATH) or from the source (METADATA), not both",
+                    pos(kw.span.start),
+                ));
+            }
+            has_path = true;
             let at = p.peek_token();
             let raw = p.parse_literal_string().map_err(parser_error)?;
             path = parse_json_path(&raw).ok_or_else(|| {
@@ -276,6 +301,7 @@ fn parse_column(p: &mut Parser) -> Result<ColumnDef> {
         sql_type,
         nullable,
         path,
+        metadata,
         position: pos(t.span.start),
     })
 }

@@ -48,6 +48,8 @@ pub struct StreamInfo {
     /// Index of the time column windows use: the event-time column, or
     /// `arrival_time` on a processing-time stream.
     pub time_index: usize,
+    /// The column holding the MQTT topic (`METADATA FROM 'topic'`), for `topic(n)`.
+    pub topic_column: Option<String>,
 }
 
 impl StreamInfo {
@@ -162,6 +164,7 @@ impl Planner {
             && let Some(s) = streams.iter().find(|s| s.name == name)
         {
             rewrite::expand_wildcards(&mut query, &s.declared, alias.as_deref());
+            rewrite::topic_function(&mut query, &s.name, s.topic_column.as_deref(), at)?;
         }
 
         // A fresh table catalog per plan: only the catalog's streams exist, and

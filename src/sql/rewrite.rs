@@ -6,6 +6,9 @@
 //!   ordered by after aggregation, and DataFusion type-checks them like any column.
 //! - `SELECT *` expands to the stream's declared columns only (not the virtual
 //!   `arrival_time` or the window columns).
+//! - `topic()` and `topic(n)` (IoT Core's functions: the whole MQTT topic, or its n-th
+//!   level counting from 1) become the stream's topic metadata column and
+//!   `split_part(column, '/', n)`.
 
 use std::ops::ControlFlow;
 
@@ -211,4 +214,61 @@ fn is_plain(o: &ast::WildcardAdditionalOptions) -> bool {
         && o.opt_replace.is_none()
         && o.opt_rename.is_none()
         && o.opt_ilike.is_none()
+}
+
+/// Rewrites IoT Core's `topic()` / `topic(n)` onto the stream's topic column.
+pub fn topic_function(
+    query: &mut ast::Query,
+    stream: &str,
+    column: Option<&str>,
+    at: Position,
+) -> Result<()> {
+    use datafusion::sql::sqlparser::ast::visit_expressions_mut;
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+
+    let mut failure: Option<Error> = None;
+    let _ = visit_expressions_mut(query, |e| {
+        let here = position_of(&*e, at);
+        let Expr::Function(f) = e else {
+            return ControlFlow::Continue(());
+        };
+        let is_topic = f.name.0.len() == 1 && f.name.to_string().eq_ignore_ascii_case("topic");
+        let FunctionArguments::List(list) = &f.args else {
+            return ControlFlow::Continue(());
+        };
+        if !is_topic || list.args.len() > 1 {
+            return ControlFlow::Continue(());
+        }
+        let Some(column) = column else {
+            failure = Some(Error::user_at(
+                format!(
+                    "topic() reads the MQTT topic, but stream '{stream}' has no topic column: declare \
+                     one as `topic TEXT METADATA`"
+                ),
+                here,
+            ));
+            return ControlFlow::Break(());
+        };
+        let quoted = format!("\"{}\"", column.replace('"', "\"\""));
+        let text = match list.args.first() {
+            None => quoted,
+            Some(arg) => format!("split_part({quoted}, '/', {arg})"),
+        };
+        match Parser::new(&GenericDialect {})
+            .try_with_sql(&text)
+            .and_then(|mut p| p.parse_expr())
+        {
+            Ok(new) => *e = new,
+            Err(err) => {
+                failure = Some(Error::user_at(format!("topic(): {err}"), here));
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }

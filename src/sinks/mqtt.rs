@@ -1,0 +1,300 @@
+//! `mqtt` sink: republishes query results to an MQTT broker (last stage of the data
+//! flow; IoT Core's republish action), one JSON object per row.
+//!
+//! ```sql
+//! CREATE SINK alerts WITH (
+//!   connector = 'mqtt', url = '${MQTT_URL:-mqtt://127.0.0.1:1883}',
+//!   topic = 'alerts/{deviceId}/temperature', qos = '1', retain = 'true'
+//! );
+//! ```
+//!
+//! `{column}` in the topic is replaced by the row's value; characters that would change
+//! the topic's structure (`/`, `+`, `#`, and `%` itself) are percent-encoded, so a value
+//! can never publish into another device's topic. With QoS 1, `flush` waits for the
+//! broker's acknowledgement of every message (bounded), and rumqttc resends what was
+//! not acknowledged when it reconnects.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use futures::future::BoxFuture;
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
+
+use super::{Sink, SinkContext};
+use crate::error::{Error, Result};
+use crate::health::{Backoff, Health};
+use crate::sources::mqtt::{MqttConnect, parse_qos};
+use crate::sql::Options;
+
+/// A topic template: literal text and column references.
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Text(String),
+    Column(String),
+}
+
+fn parse_template(t: &str) -> std::result::Result<Vec<Part>, String> {
+    let mut parts = Vec::new();
+    let mut rest = t;
+    while let Some(i) = rest.find('{') {
+        if i > 0 {
+            parts.push(Part::Text(rest[..i].to_string()));
+        }
+        let end = rest[i..]
+            .find('}')
+            .ok_or_else(|| format!("unclosed '{{' in topic '{t}'"))?;
+        let name = rest[i + 1..i + end].trim();
+        if name.is_empty() {
+            return Err(format!("empty '{{}}' in topic '{t}'"));
+        }
+        parts.push(Part::Column(name.to_string()));
+        rest = &rest[i + end + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Text(rest.to_string()));
+    }
+    let literal: String = parts
+        .iter()
+        .filter_map(|p| match p {
+            Part::Text(s) => Some(s.as_str()),
+            Part::Column(_) => None,
+        })
+        .collect();
+    if literal.contains(['+', '#']) {
+        return Err(format!(
+            "topic '{t}' contains a wildcard ('+' or '#'), which cannot be published to"
+        ));
+    }
+    Ok(parts)
+}
+
+/// Percent-encodes what would change a topic's levels.
+fn escape_level(v: &str, out: &mut String) {
+    for c in v.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '/' => out.push_str("%2F"),
+            '+' => out.push_str("%2B"),
+            '#' => out.push_str("%23"),
+            c => out.push(c),
+        }
+    }
+}
+
+pub struct MqttSink {
+    connect: MqttConnect,
+    topic: Vec<Part>,
+    qos: QoS,
+    retain: bool,
+    health: Arc<Health>,
+    conn: Option<Connection>,
+    buf: Vec<u8>,
+}
+
+struct Connection {
+    client: AsyncClient,
+    poller: tokio::task::JoinHandle<()>,
+    published: u64,
+    acked: Arc<AtomicU64>,
+}
+
+impl MqttSink {
+    pub fn from_options(mut o: Options, ctx: &SinkContext) -> Result<Self> {
+        let at = o.position;
+        let connect = MqttConnect::from_options(&mut o, ctx.file_root.as_ref(), "sink", 16 << 20)?;
+        let topic = o.take("topic").ok_or_else(|| {
+            Error::user_at(
+                "the mqtt sink needs option 'topic', e.g. 'alerts/{deviceId}'",
+                at,
+            )
+        })?;
+        let template =
+            parse_template(&topic.value).map_err(|e| Error::user_at(e, topic.position))?;
+        let qos = parse_qos(&mut o)?;
+        let retain = o.take_bool("retain")?.unwrap_or(false);
+        o.finish("sink connector 'mqtt'")?;
+        Ok(MqttSink {
+            connect,
+            topic: template,
+            qos,
+            retain,
+            health: Arc::new(Health::new()),
+            conn: None,
+            buf: Vec::new(),
+        })
+    }
+
+    fn connection(&mut self) -> Result<&mut Connection> {
+        if self.conn.is_none() {
+            let options = self.connect.mqtt_options()?;
+            let (client, mut eventloop) = AsyncClient::new(options, 1024);
+            let acked = Arc::new(AtomicU64::new(0));
+            let counter = Arc::clone(&acked);
+            let health = Arc::clone(&self.health);
+            let target = self.connect.describe();
+            let poller = tokio::spawn(async move {
+                let mut backoff = Backoff::new(Duration::from_secs(10));
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                            health.connected();
+                            backoff.reset();
+                        }
+                        Ok(Event::Incoming(Packet::PubAck(_))) => {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+                        Ok(_) => {}
+                        Err(e) => {
+                            health.retrying(&e);
+                            let delay = backoff.next_delay();
+                            tracing::warn!(broker = %target, "mqtt sink: {e}; retrying in {delay:?}");
+                            tokio::time::sleep(delay).await;
+                        }
+                    }
+                }
+            });
+            self.conn = Some(Connection {
+                client,
+                poller,
+                published: 0,
+                acked,
+            });
+        }
+        Ok(self.conn.as_mut().expect("connected above"))
+    }
+}
+
+impl MqttSink {
+    /// Each row's topic, from the template.
+    fn topics(&self, batch: &RecordBatch) -> Result<Vec<String>> {
+        let schema = batch.schema();
+        let options = FormatOptions::default().with_null("");
+        let mut columns: Vec<Option<ArrayFormatter>> = Vec::new();
+        for p in &self.topic {
+            columns.push(match p {
+                Part::Text(_) => None,
+                Part::Column(name) => {
+                    let i = schema.index_of(name).map_err(|_| {
+                        Error::user(format!(
+                            "mqtt sink topic uses column '{name}', which the query does not produce; \
+                             its columns are: {}",
+                            schema
+                                .fields()
+                                .iter()
+                                .map(|f| f.name().as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ))
+                    })?;
+                    Some(ArrayFormatter::try_new(batch.column(i).as_ref(), &options)?)
+                }
+            });
+        }
+        let mut topics = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            let mut topic = String::new();
+            for (p, f) in self.topic.iter().zip(&columns) {
+                match (p, f) {
+                    (Part::Text(t), _) => topic.push_str(t),
+                    (Part::Column(_), Some(f)) => {
+                        escape_level(&f.value(row).to_string(), &mut topic)
+                    }
+                    (Part::Column(_), None) => {}
+                }
+            }
+            topics.push(topic);
+        }
+        Ok(topics)
+    }
+}
+
+impl Drop for MqttSink {
+    fn drop(&mut self) {
+        if let Some(c) = &self.conn {
+            c.poller.abort();
+        }
+    }
+}
+
+impl Sink for MqttSink {
+    fn health(&self) -> Option<Arc<Health>> {
+        Some(Arc::clone(&self.health))
+    }
+
+    fn write<'a>(&'a mut self, batch: &'a RecordBatch) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            if batch.num_rows() == 0 {
+                return Ok(());
+            }
+            let topics = self.topics(batch)?;
+            // One JSON object per row: the JSON-lines encoding, split at its newlines.
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            super::to_json_lines(batch, &mut buf)?;
+            let (qos, retain) = (self.qos, self.retain);
+            let conn = self.connection()?;
+            let mut lines = buf.split(|&b| b == b'\n');
+            for topic in topics {
+                let payload = lines.next().unwrap_or_default().to_vec();
+                // Waits while rumqttc's request queue is full: backpressure.
+                conn.client
+                    .publish(topic, qos, retain, payload)
+                    .await
+                    .map_err(|e| Error::external(format!("mqtt sink: {e}")))?;
+                if qos == QoS::AtLeastOnce {
+                    conn.published += 1;
+                }
+            }
+            self.buf = buf;
+            Ok(())
+        })
+    }
+
+    fn flush(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let Some(conn) = &self.conn else {
+                return Ok(());
+            };
+            // QoS 1: wait for the broker to have every message (bounded).
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while conn.acked.load(Ordering::Relaxed) < conn.published {
+                if tokio::time::Instant::now() > deadline {
+                    return Err(Error::external(format!(
+                        "mqtt sink: the broker acknowledged {} of {} messages within 10 s",
+                        conn.acked.load(Ordering::Relaxed),
+                        conn.published
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let _ = conn.client.disconnect().await;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates() {
+        assert_eq!(
+            parse_template("alerts/{deviceId}/t").unwrap(),
+            vec![
+                Part::Text("alerts/".into()),
+                Part::Column("deviceId".into()),
+                Part::Text("/t".into())
+            ]
+        );
+        assert!(parse_template("a/{x").is_err());
+        assert!(parse_template("a/#").is_err());
+        let mut s = String::new();
+        escape_level("a/b+c#d%", &mut s);
+        assert_eq!(s, "a%2Fb%2Bc%23d%25");
+    }
+}
