@@ -1140,6 +1140,14 @@ async fn sql_that_would_read_or_write_files_is_refused_and_creates_nothing() {
         "SELECT * FROM read_csv('/etc/passwd');".to_string(),
         "INSERT INTO t VALUES (1);".to_string(),
         "SET datafusion.catalog.information_schema = true;".to_string(),
+        // The server's environment (its secrets) must not reach a connector of the
+        // submitter's choosing.
+        "CREATE SINK leak WITH (connector = 'mqtt', url = 'mqtt://127.0.0.1:1', topic = 'x/${HOME}');"
+            .to_string(),
+        "CREATE STREAM p (x INT) WITH (connector = 'mqtt', url = 'mqtt://${SLUICE_API_TOKEN:-h}', topics = 'a');"
+            .to_string(),
+        "CREATE STREAM p (x INT) WITH (connector = 'mqtt', url = 'mqtts://127.0.0.1:1', topics = 'a', ca = '/etc/passwd');"
+            .to_string(),
     ];
     for sql in &attempts {
         // Each after a valid statement: the whole application must be refused.
@@ -1162,4 +1170,9 @@ async fn sql_that_would_read_or_write_files_is_refused_and_creates_nothing() {
         "{body}"
     );
     assert!(!secret.exists(), "a file was written");
+    let (_, body) = api.submit(&attempts[attempts.len() - 3]).await;
+    assert!(
+        error_of(&body).1.contains("reads an environment variable"),
+        "{body}"
+    );
 }

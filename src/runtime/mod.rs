@@ -57,6 +57,23 @@ impl Connectors {
                 at,
             ));
         }
+        // Certificate files are read from the data directory only; without one, SQL
+        // from the network names no local file at all.
+        let local_files = ["ca", "client_cert", "client_key"];
+        if self.deny_files
+            && self.sources.file_root.is_none()
+            && let Some((key, v)) = options
+                .iter()
+                .find(|(k, _)| local_files.contains(&k.as_str()))
+        {
+            return Err(Error::user_at(
+                format!(
+                    "option '{key}' names a local file, which SQL submitted over HTTP may do only \
+                     when the server has a data directory to hold it"
+                ),
+                v.position,
+            ));
+        }
         if self.deny_files && connector == "file" {
             return Err(Error::user(
                 "the 'file' connector is not available to SQL submitted over HTTP (it would read or \
