@@ -7,6 +7,7 @@
 //! One file per connector; [`build`] is the one place connectors are registered.
 
 pub mod file;
+pub mod redis;
 pub mod stdout;
 
 use std::path::PathBuf;
@@ -40,12 +41,13 @@ pub struct SinkContext {
     pub file_root: Option<PathBuf>,
 }
 
-pub const CONNECTORS: [&str; 2] = ["file", "stdout"];
+pub const CONNECTORS: [&str; 3] = ["file", "redis", "stdout"];
 
 pub fn build(connector: &str, options: &Options, ctx: &SinkContext) -> Result<Box<dyn Sink>> {
     let options = options.clone();
     match connector {
         "file" => Ok(Box::new(file::FileSink::from_options(options, ctx)?)),
+        "redis" => Ok(Box::new(redis::RedisSink::from_options(options)?)),
         "stdout" => Ok(Box::new(stdout::StdoutSink::from_options(options)?)),
         other => Err(Error::user(format!(
             "unknown sink connector '{other}'; available: {}",
