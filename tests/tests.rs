@@ -5,4 +5,6 @@ mod api;
 mod browser;
 mod cli;
 mod differential;
+mod redis_sink;
 mod service;
+mod services;
