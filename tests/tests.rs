@@ -7,4 +7,6 @@ mod cli;
 mod differential;
 mod mosquitto;
 mod mqtt;
+mod redis_sink;
 mod service;
+mod services;

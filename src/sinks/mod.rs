@@ -8,6 +8,7 @@
 
 pub mod file;
 pub mod mqtt;
+pub mod redis;
 pub mod stdout;
 
 use std::path::PathBuf;
@@ -41,7 +42,7 @@ pub struct SinkContext {
     pub file_root: Option<PathBuf>,
 }
 
-pub const CONNECTORS: [&str; 3] = ["file", "mqtt", "stdout"];
+pub const CONNECTORS: [&str; 4] = ["file", "mqtt", "redis", "stdout"];
 
 pub fn build(connector: &str, options: &Options, ctx: &SinkContext) -> Result<Box<dyn Sink>> {
     let mut options = options.clone();
@@ -49,6 +50,7 @@ pub fn build(connector: &str, options: &Options, ctx: &SinkContext) -> Result<Bo
     match connector {
         "file" => Ok(Box::new(file::FileSink::from_options(options, ctx)?)),
         "mqtt" => Ok(Box::new(mqtt::MqttSink::from_options(options, ctx)?)),
+        "redis" => Ok(Box::new(redis::RedisSink::from_options(options)?)),
         "stdout" => Ok(Box::new(stdout::StdoutSink::from_options(options)?)),
         other => Err(Error::user(format!(
             "unknown sink connector '{other}'; available: {}",
