@@ -16,6 +16,8 @@ pub struct Health {
     state: Mutex<HealthState>,
     /// Connection attempts or writes that failed and were retried.
     retries: AtomicU64,
+    /// Records (or commands) a sink left out because a value it needs was null.
+    skipped: AtomicU64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -24,6 +26,7 @@ struct HealthState {
     status: &'static str,
     last_error: Option<String>,
     last_error_ms: Option<i64>,
+    last_skip: Option<String>,
 }
 
 impl Health {
@@ -54,6 +57,14 @@ impl Health {
         }
     }
 
+    /// A sink left `n` commands out; `reason` says why the last one was.
+    pub fn skipped(&self, n: u64, reason: Option<String>) {
+        self.skipped.fetch_add(n, Ordering::Relaxed);
+        if let Ok(mut s) = self.state.lock() {
+            s.last_skip = reason;
+        }
+    }
+
     pub fn status(&self) -> &'static str {
         self.state.lock().map(|s| s.status).unwrap_or("unknown")
     }
@@ -62,7 +73,7 @@ impl Health {
         self.retries.load(Ordering::Relaxed)
     }
 
-    /// The API's view: `{status, retries, last_error, last_error_ms}`.
+    /// The API's view: `{status, retries, last_error, last_error_ms, skipped, last_skip}`.
     pub fn to_json(&self) -> Value {
         let s = self.state.lock().map(|s| s.clone()).unwrap_or_default();
         json!({
@@ -70,6 +81,8 @@ impl Health {
             "retries": self.retries(),
             "last_error": s.last_error,
             "last_error_ms": s.last_error_ms,
+            "skipped": self.skipped.load(Ordering::Relaxed),
+            "last_skip": s.last_skip,
         })
     }
 }

@@ -2,10 +2,11 @@
 //! isolation, a broker outage or their own limits start one instead of sharing the
 //! machine's broker on 1883.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::services::free_port;
 
 pub struct Mosquitto {
     port: u16,
@@ -91,12 +92,4 @@ fn mosquitto_binary() -> &'static str {
     } else {
         "mosquitto"
     }
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

@@ -16,35 +16,36 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite;
 
 /// A fresh directory under the target dir, removed and recreated per test.
-fn scratch(name: &str) -> PathBuf {
+pub(crate) fn scratch(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
-/// A running `sluice serve`; killed on drop if the test did not stop it.
-struct Server {
+/// A running `sluice serve`; killed on drop if the test did not stop it (also used by
+/// tests/seeds.rs).
+pub(crate) struct Server {
     child: Child,
     addr: String,
     stdout: PathBuf,
     stderr: PathBuf,
 }
 
-struct Response {
-    status: u16,
-    body: String,
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) body: String,
 }
 
 impl Response {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 }
 
 impl Server {
     /// Starts the server on a free port and waits until `/healthz` answers.
-    fn start(dir: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
+    pub(crate) fn start(dir: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
         for attempt in 0.. {
             // A free port: bind port 0, note it, let it go. Another process may take it
             // before the server binds; then the server exits and we try another.
@@ -104,7 +105,7 @@ impl Server {
         unreachable!()
     }
 
-    fn stderr_text(&self) -> String {
+    pub(crate) fn stderr_text(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
@@ -150,15 +151,15 @@ impl Server {
         Response { status, body }
     }
 
-    fn get(&self, path: &str) -> Response {
+    pub(crate) fn get(&self, path: &str) -> Response {
         self.request("GET", path, &[], "")
     }
 
-    fn post(&self, path: &str, content_type: &str, body: &str) -> Response {
+    pub(crate) fn post(&self, path: &str, content_type: &str, body: &str) -> Response {
         self.request("POST", path, &[("Content-Type", content_type)], body)
     }
 
-    fn get_json(&self, path: &str) -> Value {
+    pub(crate) fn get_json(&self, path: &str) -> Value {
         let r = self.get(path);
         assert_eq!(r.status, 200, "GET {path}: {}", r.body);
         r.json()

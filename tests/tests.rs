@@ -8,5 +8,6 @@ mod differential;
 mod mosquitto;
 mod mqtt;
 mod redis_sink;
+mod seeds;
 mod service;
 mod services;

@@ -249,6 +249,8 @@ struct SinkRun {
 /// source quickly (in chunks and batches).
 const SOURCE_CHANNEL: usize = 8;
 const SINK_CHANNEL: usize = 16;
+/// How long a dropped sink may take to flush before it is aborted.
+const SINK_DROP_GRACE: Duration = Duration::from_secs(5);
 /// Chunks a stream task takes per step at most: enough to fill a decode batch from
 /// small messages, without delaying big chunks.
 const MAX_CHUNKS_PER_STEP: usize = 256;
@@ -388,6 +390,15 @@ impl Manager {
                 && let Some(s) = inner.sinks.remove(name)
             {
                 drop(s.tx);
+                // A sink retrying against a store that is down would retry forever:
+                // it gets a grace period to finish and flush, then it is aborted.
+                let task = s.task;
+                tokio::spawn(async move {
+                    let abort = task.abort_handle();
+                    if tokio::time::timeout(SINK_DROP_GRACE, task).await.is_err() {
+                        abort.abort();
+                    }
+                });
             }
         }
         inner.catalog = next;

@@ -158,6 +158,7 @@ impl RedisSink {
             return;
         }
         self.skipped += n;
+        self.health.skipped(n, reason.clone());
         self.last_skip = reason;
         let due = self
             .last_skip_log
