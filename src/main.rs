@@ -194,6 +194,8 @@ fn serve(args: ServeArgs) -> CliResult {
         // Trusted files (--queries) may still only reach files under the data dir.
         connectors.sources.file_root = Some(args.data_dir.clone());
         connectors.sinks.file_root = Some(args.data_dir.clone());
+        connectors.sources.data_dir = Some(args.data_dir.clone());
+        connectors.sinks.data_dir = Some(args.data_dir.clone());
         let manager = Manager::new(ManagerOptions {
             connectors,
             max_queries: args.max_queries,

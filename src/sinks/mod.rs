@@ -40,6 +40,9 @@ pub trait Sink: Send {
 pub struct SinkContext {
     /// When set, file paths must lie under this directory (SQL from untrusted users).
     pub file_root: Option<PathBuf>,
+    /// The server's data directory, for what a sink stores locally (archives,
+    /// embedded tables); `None` for `sluice run`.
+    pub data_dir: Option<PathBuf>,
 }
 
 pub const CONNECTORS: [&str; 4] = ["file", "mqtt", "redis", "stdout"];

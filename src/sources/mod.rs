@@ -72,6 +72,9 @@ pub trait Source: Send {
 pub struct SourceContext {
     /// When set, file paths must lie under this directory (SQL from untrusted users).
     pub file_root: Option<PathBuf>,
+    /// The server's data directory, for state a source keeps across restarts
+    /// (checkpoints); `None` for `sluice run`, which keeps none.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// The source connectors, by name.
