@@ -239,6 +239,7 @@ pub async fn run_until(
     tokio::pin!(publishing);
     tokio::pin!(stop);
     let outcome = tokio::select! {
+        biased;
         // A broker lost for good ends the run with the driver's error, whatever the
         // publisher is doing (it may be waiting on a full queue that never drains).
         joined = driver.as_mut().expect("driver runs"), if driver.is_some() => {
@@ -253,8 +254,18 @@ pub async fn run_until(
         p.abort();
     }
     if let Err(e) = outcome {
+        // A publish fails when the driver has ended and dropped the event loop: the
+        // driver's error is the cause worth reporting.
         if let Some(d) = driver {
-            d.abort();
+            let abort = d.abort_handle();
+            return match tokio::time::timeout(Duration::from_secs(1), d).await {
+                Ok(joined @ (Ok(Err(_)) | Err(_))) => Err(joined_error(joined)),
+                Ok(Ok(Ok(()))) => Err(e),
+                Err(_) => {
+                    abort.abort();
+                    Err(e)
+                }
+            };
         }
         return Err(e);
     }

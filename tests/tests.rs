@@ -5,4 +5,6 @@ mod api;
 mod browser;
 mod cli;
 mod differential;
+mod mosquitto;
 mod service;
+mod simulate;
