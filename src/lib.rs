@@ -8,6 +8,8 @@
 //!  sql/      CREATE STREAM / SINK / QUERY, INSERT INTO … SELECT → QueryPlan (DataFusion)
 //!  catalog   streams, sinks, queries by name
 //!  runtime   wires a catalog into running tasks: source → decode → queries → sinks
+//!  simulate  devices publishing readings to an MQTT broker (`sluice simulate`): the
+//!            load in front of the MQTT source, outside the pipeline
 //! ```
 //!
 //! Data flows one way, through bounded channels of Arrow `RecordBatch`es, so a slow sink
@@ -16,7 +18,8 @@
 //! `.slt` tests and the benchmarks all drive that same core.
 //!
 //! Imports run one way: `main → runtime`; the runtime uses `catalog → sql → engine →
-//! decode` on one side and `sources`, `sinks` on the other; everything may use `error`.
+//! decode` on one side and `sources`, `sinks` on the other; `simulate` borrows only the
+//! simulator source's readings; everything may use `error`.
 
 pub mod api;
 pub mod catalog;
@@ -25,6 +28,7 @@ pub mod engine;
 pub mod error;
 pub mod health;
 pub mod runtime;
+pub mod simulate;
 pub mod sinks;
 pub mod sources;
 pub mod sql;

@@ -1,4 +1,5 @@
-//! The `sluice` command (front door): `run` an application, `check` SQL offline.
+//! The `sluice` command (front door): `run` an application, `check` SQL offline,
+//! `serve` the API, `simulate` devices publishing to an MQTT broker.
 //!
 //! Errors map to exit codes once, here: 1 for the user's mistakes (bad SQL, bad
 //! options), 2 for failures of something outside (a file, a broker), 3 for our bugs.
@@ -32,6 +33,9 @@ enum Command {
     },
     /// Run the service: HTTP API, dashboard, persistent catalog.
     Serve(ServeArgs),
+    /// Simulate devices publishing readings to an MQTT broker, until --count or
+    /// Ctrl-C; prints a JSON summary line.
+    Simulate(SimulateArgs),
 }
 
 #[derive(clap::Args)]
@@ -57,6 +61,60 @@ struct ServeArgs {
     max_ingest_mb: usize,
 }
 
+/// `sluice simulate`; the options are documented in docs/simulate.md.
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// Broker URL, mqtt://host:port.
+    #[arg(long, env = "MQTT_URL", default_value = "mqtt://127.0.0.1:1883")]
+    url: String,
+    #[arg(long, env = "MQTT_USERNAME")]
+    username: Option<String>,
+    #[arg(long, env = "MQTT_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// MQTT client id [default: sluice-sim-<pid>].
+    #[arg(long)]
+    client_id: Option<String>,
+    /// Messages per second, all devices together; 0 = as fast as the broker takes them.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Stop after this many messages [default: until Ctrl-C].
+    #[arg(long)]
+    count: Option<u64>,
+    /// 0 = at most once, 1 = at least once (acknowledged).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
+    /// Most QoS 1 messages awaiting acknowledgement at once.
+    #[arg(long, default_value_t = 1000)]
+    inflight: u16,
+    /// Seconds to wait at the end for unsent and unacknowledged messages.
+    #[arg(long, default_value_t = 10)]
+    drain_timeout: u64,
+    /// Readings mode: number of distinct deviceIds.
+    #[arg(long, default_value_t = 5000)]
+    devices: u64,
+    /// Readings mode: topic, with an optional {deviceId} placeholder.
+    #[arg(long, default_value = "temp_readings")]
+    topic: String,
+    /// Readings mode: readings per message (more than 1: a JSON array).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Readings mode: random seed (the same seed gives the same readings).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Replay mode: a JSON array of events, published in a loop.
+    #[arg(long, requires = "device_id", conflicts_with_all = ["devices", "topic", "batch", "seed"])]
+    replay: Option<PathBuf>,
+    /// Replay mode: replaces each event's deviceId; the topic is <prefix>/<id>.
+    #[arg(long, requires = "replay")]
+    device_id: Option<String>,
+    /// Replay mode: topic prefix.
+    #[arg(long, default_value = "sensors", requires = "replay")]
+    topic_prefix: String,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -70,6 +128,7 @@ fn main() -> ExitCode {
         Command::Run { file } => run(file),
         Command::Check { files } => check(files),
         Command::Serve(args) => serve(args),
+        Command::Simulate(args) => simulate(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -257,6 +316,48 @@ fn serve(args: ServeArgs) -> CliResult {
         manager.shutdown(grace).await;
         Ok(())
     })
+}
+
+fn simulate(args: SimulateArgs) -> CliResult {
+    use sluice::simulate::{Payload, SimulateOptions};
+    let payload = match (&args.replay, &args.device_id) {
+        (Some(file), Some(id)) => {
+            Payload::replay_file(file, id, &args.topic_prefix).map_err(|e| (None, e))?
+        }
+        _ => Payload::Readings {
+            devices: args.devices,
+            topic: args.topic,
+            batch: args.batch,
+            seed: args.seed,
+        },
+    };
+    let defaults = SimulateOptions::default();
+    let options = SimulateOptions {
+        url: args.url,
+        username: args.username,
+        password: args.password,
+        client_id: args.client_id.unwrap_or(defaults.client_id),
+        payload,
+        rate: args.rate,
+        count: args.count,
+        qos: args.qos,
+        inflight: args.inflight,
+        drain_timeout: std::time::Duration::from_secs(args.drain_timeout),
+        progress: !args.quiet,
+        ..defaults
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| (None, Error::internal(e.to_string())))?;
+    let summary = rt
+        .block_on(sluice::simulate::run_until(options, wait_for_signal()))
+        .map_err(|e| (None, e))?;
+    println!(
+        "{}",
+        serde_json::to_string(&summary).map_err(|e| (None, Error::internal(e.to_string())))?
+    );
+    Ok(())
 }
 
 /// Ctrl-C or SIGTERM.

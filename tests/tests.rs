@@ -11,3 +11,4 @@ mod redis_sink;
 mod seeds;
 mod service;
 mod services;
+mod simulate;
