@@ -18,12 +18,20 @@ pub struct Mosquitto {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// More configuration after the plain listener (a TLS listener, say).
+    extra: String,
 }
 
 impl Mosquitto {
     /// Starts a broker on a free port. A port found free can be taken before the broker
     /// binds it, so a broker that exits at once is retried on another port.
     pub fn start() -> Mosquitto {
+        Self::start_with("")
+    }
+
+    /// Starts a broker whose configuration ends with `extra` (e.g. a second, TLS
+    /// listener with its own port).
+    pub fn start_with(extra: &str) -> Mosquitto {
         let mut last_error = String::new();
         for _ in 0..5 {
             let port = free_port();
@@ -35,6 +43,7 @@ impl Mosquitto {
                 child: None,
                 port,
                 dir,
+                extra: extra.to_string(),
             };
             match m.launch() {
                 Ok(()) => return m,
@@ -89,9 +98,9 @@ impl Mosquitto {
         std::fs::write(
             &config,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n\
-                 max_inflight_messages 1000\n",
-                self.port
+                "allow_anonymous true\npersistence false\nmax_queued_messages 0\n\
+                 max_inflight_messages 1000\nlistener {} 127.0.0.1\n{}",
+                self.port, self.extra
             ),
         )
         .map_err(|e| e.to_string())?;

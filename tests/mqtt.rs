@@ -449,3 +449,159 @@ async fn the_mqtt_sink_republishes_rows_on_templated_topics() {
     assert!(got.iter().any(|(t, _)| t == "alerts/a%2Fb/hot"));
     m.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Runs openssl; panics with its output if it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl must be installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, all PEM, signed
+/// by that CA; and a second CA that signed nothing here.
+fn certificates(dir: &Path) {
+    let days = ["-days", "2"];
+    for ca in ["ca", "other-ca"] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+                "-subj",
+                &format!("/CN=sluice test {ca}"),
+                days[0],
+                days[1],
+            ],
+        );
+    }
+    // Extensions make them X.509 v3 certificates, which rustls requires.
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for name in ["server", "client"] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        let mut args = vec![
+            "x509",
+            "-req",
+            "-in",
+            &*format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &*format!("{name}.pem"),
+            days[0],
+            days[1],
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.extend(["-extfile".to_string(), format!("{name}.ext")]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        openssl(dir, &args);
+    }
+    // Mosquitto started as root drops to its own user, which must read the key.
+    use std::os::unix::fs::PermissionsExt;
+    for key in ["server.key", "client.key"] {
+        std::fs::set_permissions(dir.join(key), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+}
+
+/// `mqtts://` with the broker's CA and a client certificate (mutual TLS, as AWS IoT
+/// Core requires): records flow; with a CA that did not sign the broker's certificate
+/// the connection is refused and the stream says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtts_with_a_client_certificate() {
+    let dir = scratch("tls");
+    certificates(&dir);
+    let tls_port = crate::services::free_port();
+    let broker = Mosquitto::start_with(&format!(
+        "listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
+         require_certificate true\n",
+        d = dir.display()
+    ));
+    let m = manager();
+    let app = |stream: &str, ca: &str| {
+        format!(
+            "CREATE STREAM {stream} (id BIGINT NOT NULL) WITH (connector = 'mqtt',
+               url = 'mqtts://127.0.0.1:{tls_port}', topics = 'secure', qos = '1',
+               ca = '{d}/{ca}', client_cert = '{d}/client.pem', client_key = '{d}/client.key');
+             CREATE QUERY q_{stream} AS SELECT id FROM {stream};",
+            d = dir.display()
+        )
+    };
+    m.apply(&app("good", "ca.pem")).unwrap();
+    m.apply(&app("wrong_ca", "other-ca.pem")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connection_status(&m, "good") != "connected" {
+        let health = m.stream_state("good").and_then(|s| s.health.clone());
+        assert!(
+            Instant::now() < deadline,
+            "no TLS connection: {:?}, stream {:?}",
+            health.map(|h| h.to_json()),
+            m.stream_state("good")
+                .map(|s| s.status.lock().unwrap().clone())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let p = Client::connect(&broker, "pub-tls", None).await;
+    for i in 0..50 {
+        p.publish("secure", format!("{{\"id\": {i}}}")).await;
+    }
+    p.wait_acked(50).await;
+    eventually("50 records over TLS", Duration::from_secs(10), || {
+        records_in(&m, "good") == 50
+    })
+    .await;
+    eventually(
+        "the wrong CA to be refused",
+        Duration::from_secs(10),
+        || connection_status(&m, "wrong_ca") == "retrying",
+    )
+    .await;
+    let health = m.stream_state("wrong_ca").unwrap().health.clone().unwrap();
+    let error = health.to_json()["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("TLS") || error.contains("certificate"),
+        "{error}"
+    );
+    assert_eq!(records_in(&m, "wrong_ca"), 0);
+    m.shutdown(Duration::from_secs(5)).await;
+}

@@ -887,12 +887,21 @@ impl StreamTask {
                         // Input ended: every window closes, then the queries finish.
                         let wm = self.core.finish();
                         self.step(&Decoded::default(), Some(wm), clock.now_ms()).await;
+                        // A source that failed said why: its queries fail with that
+                        // reason, and the stream keeps it rather than "ended".
+                        let mut status = self.state.status.lock().expect("lock");
+                        let failed = status.starts_with("failed").then(|| status.clone());
                         for q in &self.queries {
                             if q.state.status() == QueryStatus::Running {
-                                q.state.set_status(QueryStatus::Finished);
+                                q.state.set_status(match &failed {
+                                    Some(why) => QueryStatus::Failed(format!("source {why}")),
+                                    None => QueryStatus::Finished,
+                                });
                             }
                         }
-                        *self.state.status.lock().expect("lock") = "ended".into();
+                        if failed.is_none() {
+                            *status = "ended".into();
+                        }
                         break;
                     }
                 },
