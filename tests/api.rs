@@ -171,8 +171,9 @@ impl Api {
 
 const SMALL_BUFFER: u32 = 32 * 1024;
 
-/// Polls `f` until it yields a value, failing after `timeout`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+/// Polls `f` until it yields a value, failing after `timeout` (also used by
+/// tests/redis_sink.rs).
+pub(crate) async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,

@@ -6,10 +6,9 @@
 //! the wrong type) and an outage: Redis stopped mid-run, the sink retrying and
 //! reporting it, nothing lost once Redis is back.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::Request;
@@ -27,28 +26,10 @@ use sluice::sinks::redis::RedisSink;
 use sluice::sql::Options;
 use tower::ServiceExt;
 
+use crate::api::eventually;
 use crate::services::RedisServer;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Polls `f` until it yields a value, failing after `timeout`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// A Redis server, a manager, and a connection to check with.
 struct Setup {

@@ -104,27 +104,50 @@ fn rfc3339(ms: i64) -> String {
     )
 }
 
+/// A canned application running in the real binary against this test's own broker
+/// and Redis, its stream connected.
+struct Seed {
+    broker: Mosquitto,
+    redis: RedisServer,
+    server: Server,
+}
+
+impl Seed {
+    fn start(name: &str, app: &str, stream: &str) -> Seed {
+        let broker = Mosquitto::start();
+        let redis = RedisServer::start();
+        let dir = scratch(name);
+        let apps = copy_app(&dir, &[app]);
+        let data = dir.join("data");
+        let server = Server::start(
+            &dir,
+            name,
+            &[
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--queries",
+                apps.to_str().unwrap(),
+            ],
+            &[("MQTT_URL", &broker.url()), ("REDIS_URL", &redis.url())],
+        );
+        wait_connected(&server, &[stream]);
+        Seed {
+            broker,
+            redis,
+            server,
+        }
+    }
+}
+
 /// Seed 003: climate counters, the SensorData sorted set, one hash per device, and
 /// a Warnings message per hot reading, checked key by key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed003_climate_data_model_key_by_key() {
-    let broker = Mosquitto::start();
-    let redis = RedisServer::start();
-    let dir = scratch("seed003");
-    let apps = copy_app(&dir, &["seed003_climate.sql"]);
-    let data = dir.join("data");
-    let server = Server::start(
-        &dir,
-        "seed003",
-        &[
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--queries",
-            apps.to_str().unwrap(),
-        ],
-        &[("MQTT_URL", &broker.url()), ("REDIS_URL", &redis.url())],
-    );
-    wait_connected(&server, &["temp_readings"]);
+    let Seed {
+        broker,
+        redis,
+        server,
+    } = Seed::start("seed003", "seed003_climate.sql", "temp_readings");
 
     let mut conn = redis
         .client()
@@ -257,23 +280,11 @@ async fn seed003_climate_data_model_key_by_key() {
 /// `sensors` notification.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed000_count_latest_and_notification() {
-    let broker = Mosquitto::start();
-    let redis = RedisServer::start();
-    let dir = scratch("seed000");
-    let apps = copy_app(&dir, &["seed000_sensor_count.sql"]);
-    let data = dir.join("data");
-    let server = Server::start(
-        &dir,
-        "seed000",
-        &[
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--queries",
-            apps.to_str().unwrap(),
-        ],
-        &[("MQTT_URL", &broker.url()), ("REDIS_URL", &redis.url())],
-    );
-    wait_connected(&server, &["sensor_messages"]);
+    let Seed {
+        broker,
+        redis,
+        server: _server,
+    } = Seed::start("seed000", "seed000_sensor_count.sql", "sensor_messages");
     let mut conn = redis
         .client()
         .get_multiplexed_async_connection()
