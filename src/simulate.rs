@@ -242,7 +242,7 @@ pub async fn run_until(
         biased;
         // A broker lost for good ends the run with the driver's error, whatever the
         // publisher is doing (it may be waiting on a full queue that never drains).
-        joined = driver.as_mut().expect("driver runs"), if driver.is_some() => {
+        joined = driver.as_mut().expect("spawned above") => {
             driver = None;
             Err(joined_error(joined))
         }
