@@ -160,7 +160,7 @@ fn app(mqtt: &str, redis: &str, qos: u8, name: &str) -> String {
     format!(
         "CREATE STREAM s_{name} (deviceId BIGINT NOT NULL, temperature DOUBLE, humidity DOUBLE, ts BIGINT)
            WITH (connector = 'mqtt', url = '{mqtt}', topics = 'temp_readings', qos = '{qos}',
-                 client_id = 'sluice-bench-{name}');
+                 client_id = 'sluice-bench-{name}', clean_session = 'true');
          CREATE SINK r_{name} WITH (connector = 'redis', url = '{redis}',
            commands = 'HSET dev:{{deviceId}} temperature humidity ts; INCRBY received:{name} 1');
          CREATE QUERY q_{name} AS INSERT INTO r_{name} SELECT deviceId, temperature, humidity, ts FROM s_{name};"
@@ -240,7 +240,7 @@ async fn latency(
     m.apply(&format!(
         "CREATE STREAM s_{name} (deviceId BIGINT NOT NULL, ts BIGINT NOT NULL)
            WITH (connector = 'mqtt', url = '{mqtt}', topics = 'temp_readings', qos = '{qos}',
-                 client_id = 'sluice-bench-{name}');
+                 client_id = 'sluice-bench-{name}', clean_session = 'true');
          CREATE SINK r_{name} WITH (connector = 'redis', url = '{redis_url}',
            commands = 'XADD latency:{name} ts');
          CREATE QUERY q_{name} AS INSERT INTO r_{name} SELECT deviceId, ts FROM s_{name};"
