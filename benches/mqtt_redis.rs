@@ -264,21 +264,30 @@ async fn latency(
     m.shutdown(Duration::from_secs(5)).await;
     let redis = redis::Client::open(redis_url).unwrap();
     let mut c = redis.get_multiplexed_async_connection().await.unwrap();
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(format!("latency:{name}"))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    let mut lat: Vec<f64> = entries
-        .iter()
-        .filter_map(|(id, fields)| {
+    // Read back in pages: one XRANGE of hundreds of thousands of entries outlasts the
+    // client's response timeout.
+    let mut lat: Vec<f64> = Vec::new();
+    let mut from = "-".to_string();
+    loop {
+        let page: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(format!("latency:{name}"))
+            .arg(&from)
+            .arg("+")
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let Some((last, _)) = page.last() else {
+            break;
+        };
+        from = format!("({last}");
+        lat.extend(page.iter().filter_map(|(id, fields)| {
             let written: i64 = id.split('-').next()?.parse().ok()?;
             let ts: i64 = fields.iter().find(|(k, _)| k == "ts")?.1.parse().ok()?;
             Some((written - ts) as f64)
-        })
-        .collect();
+        }));
+    }
     lat.sort_by(f64::total_cmp);
     let pick = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize];
     (pick(0.5), pick(0.99), *lat.last().unwrap(), lat.len())
@@ -304,6 +313,7 @@ fn main() {
         for qos in [0u8, 1] {
             let bare_rate = bare(mqtt_port, &mqtt, qos, n).await;
             let sluice_rate = through_sluice(&mqtt, &redis_url, qos, n).await;
+            eprintln!("qos {qos}: bare {bare_rate:.0} msg/s, sluice → redis {sluice_rate:.0} msg/s");
             let half = (bare_rate / 2.0) as u64;
             let (p50, p99, max, samples) = latency(&mqtt, &redis_url, qos, half, 10).await;
             println!(
