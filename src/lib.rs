@@ -19,6 +19,7 @@
 //! decode` on one side and `sources`, `sinks` on the other; everything may use `error`.
 
 pub mod api;
+pub mod aws;
 pub mod catalog;
 pub mod decode;
 pub mod engine;
@@ -28,3 +29,4 @@ pub mod runtime;
 pub mod sinks;
 pub mod sources;
 pub mod sql;
+pub mod tables;
