@@ -254,8 +254,12 @@ async fn dynamodb_sink_writes_warning_events_item_by_item() {
     let input = dir.path().join("in.jsonl");
     let rows = readings();
     write_readings(&input, &rows);
+    // One file stream per query: a file stream starts with its first query and may
+    // end before the second is attached, which would then see nothing.
     let app = format!(
         "CREATE STREAM r (deviceId TEXT, temperature DOUBLE, humidity DOUBLE, ts TIMESTAMP, seq BIGINT)
+           WITH (connector = 'file', path = '{input}');
+         CREATE STREAM r2 (deviceId TEXT, temperature DOUBLE, seq BIGINT)
            WITH (connector = 'file', path = '{input}');
          CREATE SINK latest WITH (connector = 'dynamodb', table = 'warning_events',
            partition_key = 'deviceId', {opts});
@@ -265,7 +269,7 @@ async fn dynamodb_sink_writes_warning_events_item_by_item() {
          CREATE QUERY q1 AS INSERT INTO latest
            SELECT deviceId, temperature, humidity, ts FROM r WHERE temperature > 30;
          CREATE QUERY q2 AS INSERT INTO history
-           SELECT deviceId, seq, temperature FROM r WHERE temperature > 30;",
+           SELECT deviceId, seq, temperature FROM r2 WHERE temperature > 30;",
         input = input.display(),
         opts = moto.options()
     );
@@ -278,6 +282,25 @@ async fn dynamodb_sink_writes_warning_events_item_by_item() {
         m.apply(&app).unwrap();
         run_to_end(&m, "q1").await;
         run_to_end(&m, "q2").await;
+        // The sinks write after the queries hand results over: wait for the items.
+        let want = (
+            expected_latest(&rows).len(),
+            rows.iter()
+                .filter(|r| r["temperature"].as_f64().unwrap() > 30.0)
+                .count(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = (
+                scan(&client, "warning_events").await.len(),
+                scan(&client, "warning_history").await.len(),
+            );
+            if got == want {
+                break;
+            }
+            assert!(Instant::now() < deadline, "items {got:?}, want {want:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         m.shutdown(Duration::from_secs(5)).await;
 
         let latest = expected_latest(&rows);
@@ -336,16 +359,20 @@ async fn embedded_table_serves_items_over_http_and_survives_restarts() {
     let rows = readings();
     write_readings(&input, &rows);
     let m = manager(dir.path());
+    // One file stream per query: a file stream starts with its first query and may
+    // end before the second is attached, which would then see nothing.
     m.apply(&format!(
         "CREATE STREAM r (deviceId TEXT, temperature DOUBLE, humidity DOUBLE, ts TIMESTAMP, seq BIGINT)
-           WITH (connector = 'file', path = '{}');
+           WITH (connector = 'file', path = '{0}');
+         CREATE STREAM r2 (deviceId TEXT, temperature DOUBLE, seq BIGINT)
+           WITH (connector = 'file', path = '{0}');
          CREATE SINK latest WITH (connector = 'table', table = 'warning_events', partition_key = 'deviceId');
          CREATE SINK history WITH (connector = 'table', table = 'warning_history',
            partition_key = 'deviceId', sort_key = 'seq');
          CREATE QUERY q1 AS INSERT INTO latest
            SELECT deviceId, temperature, humidity, ts FROM r WHERE temperature > 30;
          CREATE QUERY q2 AS INSERT INTO history
-           SELECT deviceId, seq, temperature FROM r WHERE temperature > 30;",
+           SELECT deviceId, seq, temperature FROM r2 WHERE temperature > 30;",
         input.display()
     ))
     .unwrap();
@@ -361,10 +388,21 @@ async fn embedded_table_serves_items_over_http_and_survives_restarts() {
         tables::open(dir.path(), "warning_events").unwrap(),
         tables::open(dir.path(), "warning_history").unwrap(),
     );
-    eventually("every item written", Duration::from_secs(20), || {
-        latest_table.len().unwrap() == want && history.len().unwrap() == hot
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (latest_table.len().unwrap(), history.len().unwrap()) != (want, hot) {
+        assert!(
+            Instant::now() < deadline,
+            "items {:?}, want {:?}; sinks: {:?}",
+            (latest_table.len().unwrap(), history.len().unwrap()),
+            (want, hot),
+            ["latest", "history"].map(|s| m.sink_state(s).map(|s| (
+                s.rows.load(std::sync::atomic::Ordering::Relaxed),
+                s.status.lock().unwrap().clone(),
+                s.health.as_ref().map(|h| h.to_json())
+            )))
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     let router = app(
         Arc::clone(&m),
         ApiOptions {
