@@ -209,14 +209,6 @@ fn expected_latest(rows: &[Value]) -> BTreeMap<String, &Value> {
     latest
 }
 
-async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 async fn run_to_end(m: &Arc<Manager>, query: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
