@@ -8,6 +8,8 @@
 //!  sql/      CREATE STREAM / SINK / QUERY, INSERT INTO … SELECT → QueryPlan (DataFusion)
 //!  catalog   streams, sinks, queries by name
 //!  runtime   wires a catalog into running tasks: source → decode → queries → sinks
+//!  aws       how the Kinesis and DynamoDB connectors reach AWS (or an emulator)
+//!  tables    embedded alert tables: written by the `table` sink, read by api/
 //! ```
 //!
 //! Data flows one way, through bounded channels of Arrow `RecordBatch`es, so a slow sink
