@@ -654,3 +654,62 @@ async fn seed004_warning_events_end_to_end() {
     let server = Server::start(&dir, "seed004-again", &args, &env);
     check(&server).unwrap();
 }
+
+/// A write DynamoDB refuses as invalid (here a string key for a numeric key
+/// attribute) is not retried forever: the sink fails, naming the table and
+/// DynamoDB's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_sink_fails_on_an_invalid_item_with_the_reason() {
+    let moto = Moto::start();
+    let client = moto.client().await;
+    client
+        .create_table()
+        .table_name("numbered")
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("deviceId")
+                .attribute_type(ScalarAttributeType::N)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("deviceId")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("CreateTable");
+    let dir = Scratch::new("dynamodb-invalid");
+    let input = dir.path().join("in.jsonl");
+    write_readings(&input, &readings());
+    let m = manager(dir.path());
+    m.apply(&format!(
+        "CREATE STREAM r (deviceId TEXT, temperature DOUBLE) WITH (connector = 'file', path = '{}');
+         CREATE SINK bad WITH (connector = 'dynamodb', table = 'numbered', partition_key = 'deviceId', {});
+         CREATE QUERY q AS INSERT INTO bad SELECT deviceId, temperature FROM r;",
+        input.display(),
+        moto.options()
+    ))
+    .unwrap();
+    let status = || {
+        m.sink_state("bad")
+            .map(|s| s.status.lock().unwrap().clone())
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !status().starts_with("failed") {
+        assert!(Instant::now() < deadline, "sink status: {}", status());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let s = status();
+    assert!(
+        s.contains("'numbered'") && s.contains("ValidationException"),
+        "{s}"
+    );
+    assert!(scan(&client, "numbered").await.is_empty());
+    m.shutdown(Duration::from_secs(5)).await;
+}
