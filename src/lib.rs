@@ -2,14 +2,17 @@
 //!
 //! ```text
 //!  sources/            decode.rs            engine/                         sinks/
-//!  file, simulator ─> bytes → Arrow ─> watermark ─> query operators ─> file, stdout, …
-//!  (one file each)     (bad → errors)   per stream   (planned by sql/)   (one file each)
+//!  mqtt, kinesis,  ─> bytes → Arrow ─> watermark ─> query operators ─> redis, mqtt, kinesis,
+//!  http, file, sim     (bad → errors)   per stream   (planned by sql/)   dynamodb, table, file…
+//!  (one file each)                                                       (one file each)
 //!
 //!  sql/      CREATE STREAM / SINK / QUERY, INSERT INTO … SELECT → QueryPlan (DataFusion)
 //!  catalog   streams, sinks, queries by name
 //!  runtime   wires a catalog into running tasks: source → decode → queries → sinks
 //!  simulate  devices publishing readings to an MQTT broker (`sluice simulate`): the
 //!            load in front of the MQTT source, outside the pipeline
+//!  aws       how the Kinesis and DynamoDB connectors reach AWS (or an emulator)
+//!  tables    embedded alert tables: written by the `table` sink, read by api/
 //! ```
 //!
 //! Data flows one way, through bounded channels of Arrow `RecordBatch`es, so a slow sink
@@ -22,6 +25,7 @@
 //! simulator source's readings; everything may use `error`.
 
 pub mod api;
+pub mod aws;
 pub mod catalog;
 pub mod decode;
 pub mod engine;
@@ -32,3 +36,4 @@ pub mod simulate;
 pub mod sinks;
 pub mod sources;
 pub mod sql;
+pub mod tables;

@@ -280,6 +280,7 @@ fn serve(args: ServeArgs) -> CliResult {
             sluice::api::ApiOptions {
                 token,
                 max_ingest_bytes: args.max_ingest_mb << 20,
+                data_dir: Some(args.data_dir.clone()),
                 ..Default::default()
             },
         );

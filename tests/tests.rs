@@ -5,6 +5,8 @@ mod api;
 mod browser;
 mod cli;
 mod differential;
+mod dynamodb;
+mod kinesis;
 mod mosquitto;
 mod mqtt;
 mod redis_sink;

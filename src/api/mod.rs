@@ -43,6 +43,9 @@ pub struct ApiOptions {
     pub max_ingest_bytes: usize,
     /// Largest application (SQL file), bytes.
     pub max_sql_bytes: usize,
+    /// The server's data directory, where embedded tables live (`GET /tables/…`);
+    /// `None`: no embedded tables.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ApiOptions {
@@ -51,6 +54,7 @@ impl Default for ApiOptions {
             token: None,
             max_ingest_bytes: 16 << 20,
             max_sql_bytes: 1 << 20,
+            data_dir: None,
         }
     }
 }
@@ -89,6 +93,7 @@ pub fn app(manager: Arc<Manager>, options: ApiOptions) -> Router {
         )
         .route("/sinks", get(list_sinks))
         .route("/sinks/{name}", get(get_sink).delete(delete_sink))
+        .route("/tables/{name}/items", get(table_items))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/", get(dashboard))
@@ -439,4 +444,101 @@ async fn ingest(
         "rejected": rejected.len(),
         "errors": rejected,
     })))
+}
+
+/// Most items one `GET /tables/{name}/items` returns.
+const MAX_ITEMS: usize = 10_000;
+
+/// `GET /tables/{name}/items?pk=…&sk_from=…&sk_to=…&limit=…`: items of an embedded
+/// table (`table` sink), in key order; the sort-key range is inclusive. Without `pk`,
+/// every partition (a scan), up to `limit` (default and most: 10000).
+async fn table_items(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    use crate::tables::{self, ItemQuery, KeyValue};
+    let dir = state.options.data_dir.as_ref();
+    let Some(dir) = dir.filter(|d| tables::exists(d, &name)) else {
+        return Err(ApiError::not_found(format!("no table '{name}'")));
+    };
+    let mut q = ItemQuery::default();
+    let pairs = form_pairs(query.as_deref().unwrap_or(""))?;
+    for (k, v) in pairs {
+        match k.as_str() {
+            "pk" => q.pk = Some(KeyValue::parse(&v)),
+            "sk_from" => q.sk_from = Some(KeyValue::parse(&v)),
+            "sk_to" => q.sk_to = Some(KeyValue::parse(&v)),
+            "limit" => {
+                let n = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_ITEMS).contains(n));
+                q.limit = Some(n.ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "parameter 'limit' must be a whole number from 1 to {MAX_ITEMS}, got '{v}'"
+                    ))
+                })?);
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter '{other}'; use pk, sk_from, sk_to, limit"
+                )));
+            }
+        }
+    }
+    q.limit = Some(q.limit.unwrap_or(MAX_ITEMS));
+    let table = tables::open(dir, &name)?;
+    let keys = table.keys()?;
+    let sort_key = keys.as_ref().and_then(|k| k.sort_key.clone());
+    if sort_key.is_none() && (q.sk_from.is_some() || q.sk_to.is_some()) {
+        return Err(ApiError::bad_request(format!(
+            "table '{name}' has no sort key: sk_from and sk_to do not apply"
+        )));
+    }
+    let items = tokio::task::spawn_blocking(move || table.query(&q))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(Json(json!({
+        "table": name,
+        "partition_key": keys.as_ref().map(|k| k.partition_key.clone()),
+        "sort_key": sort_key,
+        "count": items.len(),
+        "items": items,
+    })))
+}
+
+/// `a=1&b=x%20y` as decoded pairs; a parameter given twice is refused.
+fn form_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for part in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        let k = percent_decode(k)?;
+        let v = percent_decode(v)?;
+        if out.iter().any(|(seen, _)| *seen == k) {
+            return Err(ApiError::bad_request(format!(
+                "parameter '{k}' is given twice"
+            )));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Result<String, ApiError> {
+    let bad = || ApiError::bad_request(format!("malformed percent-encoding in '{s}'"));
+    let mut bytes = Vec::with_capacity(s.len());
+    let mut it = s.bytes();
+    while let Some(b) = it.next() {
+        match b {
+            b'+' => bytes.push(b' '),
+            b'%' => {
+                let hex = [it.next().ok_or_else(bad)?, it.next().ok_or_else(bad)?];
+                let hex = std::str::from_utf8(&hex).map_err(|_| bad())?;
+                bytes.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+            }
+            b => bytes.push(b),
+        }
+    }
+    String::from_utf8(bytes).map_err(|_| bad())
 }

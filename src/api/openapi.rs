@@ -165,7 +165,28 @@ pub(super) async fn document() -> Json<Value> {
                 }
             } },
             "/sinks": sinks,
-            "/sinks/{name}": sink
+            "/sinks/{name}": sink,
+            "/tables/{name}/items": { "get": {
+                "summary": "Items of an embedded table ('table' sink), in key order; the sort-key range is inclusive",
+                "security": secured,
+                "parameters": [
+                    name_param("table"),
+                    { "name": "pk", "in": "query", "required": false, "description": "partition key (all partitions when absent)", "schema": { "type": "string" } },
+                    { "name": "sk_from", "in": "query", "required": false, "description": "smallest sort key", "schema": { "type": "string" } },
+                    { "name": "sk_to", "in": "query", "required": false, "description": "largest sort key", "schema": { "type": "string" } },
+                    { "name": "limit", "in": "query", "required": false, "description": "most items (1 to 10000, default 10000)", "schema": { "type": "integer", "minimum": 1, "maximum": 10000 } }
+                ],
+                "responses": {
+                    "200": json_response("the items", json!({ "type": "object", "required": ["table", "count", "items"], "properties": {
+                        "table": { "type": "string" }, "partition_key": { "type": "string", "nullable": true },
+                        "sort_key": { "type": "string", "nullable": true }, "count": { "type": "integer" },
+                        "items": { "type": "array", "items": { "type": "object" } }
+                    } })),
+                    "400": error_response("bad parameter"),
+                    "401": error_response("missing or wrong token"),
+                    "404": error_response("no such table")
+                }
+            } }
         }
     }))
 }

@@ -6,10 +6,14 @@
 //!
 //! One file per connector; [`build`] is the one place connectors are registered.
 
+pub mod dynamodb;
 pub mod file;
+pub mod items;
+pub mod kinesis;
 pub mod mqtt;
 pub mod redis;
 pub mod stdout;
+pub mod table;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,16 +49,21 @@ pub struct SinkContext {
     pub data_dir: Option<PathBuf>,
 }
 
-pub const CONNECTORS: [&str; 4] = ["file", "mqtt", "redis", "stdout"];
+pub const CONNECTORS: [&str; 7] = [
+    "dynamodb", "file", "kinesis", "mqtt", "redis", "stdout", "table",
+];
 
 pub fn build(connector: &str, options: &Options, ctx: &SinkContext) -> Result<Box<dyn Sink>> {
     let mut options = options.clone();
     options.expand_env()?;
     match connector {
+        "dynamodb" => Ok(Box::new(dynamodb::DynamoDbSink::from_options(options)?)),
         "file" => Ok(Box::new(file::FileSink::from_options(options, ctx)?)),
+        "kinesis" => Ok(Box::new(kinesis::KinesisSink::from_options(options)?)),
         "mqtt" => Ok(Box::new(mqtt::MqttSink::from_options(options, ctx)?)),
         "redis" => Ok(Box::new(redis::RedisSink::from_options(options)?)),
         "stdout" => Ok(Box::new(stdout::StdoutSink::from_options(options)?)),
+        "table" => Ok(Box::new(table::TableSink::from_options(options, ctx)?)),
         other => Err(Error::user(format!(
             "unknown sink connector '{other}'; available: {}",
             CONNECTORS.join(", ")

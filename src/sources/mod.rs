@@ -10,6 +10,7 @@
 
 pub mod file;
 pub mod http;
+pub mod kinesis;
 pub mod mqtt;
 pub mod simulator;
 
@@ -78,7 +79,7 @@ pub struct SourceContext {
 }
 
 /// The source connectors, by name.
-pub const CONNECTORS: [&str; 4] = ["file", "http", "mqtt", "simulator"];
+pub const CONNECTORS: [&str; 5] = ["file", "http", "kinesis", "mqtt", "simulator"];
 
 /// Builds a source from its connector name and options, rejecting unknown options.
 pub fn build(connector: &str, options: &Options, ctx: &SourceContext) -> Result<Box<dyn Source>> {
@@ -87,6 +88,9 @@ pub fn build(connector: &str, options: &Options, ctx: &SourceContext) -> Result<
     match connector {
         "file" => Ok(Box::new(file::FileSource::from_options(options, ctx)?)),
         "http" => Ok(Box::new(http::HttpSource::from_options(options)?)),
+        "kinesis" => Ok(Box::new(kinesis::KinesisSource::from_options(
+            options, ctx,
+        )?)),
         "mqtt" => Ok(Box::new(mqtt::MqttSource::from_options(options, ctx)?)),
         "simulator" => Ok(Box::new(simulator::Simulator::from_options(options)?)),
         other => Err(Error::user(format!(
@@ -100,6 +104,10 @@ pub fn build(connector: &str, options: &Options, ctx: &SourceContext) -> Result<
 pub fn metadata_keys(connector: &str) -> Vec<(&'static str, DataType)> {
     match connector {
         "mqtt" => mqtt::METADATA
+            .iter()
+            .map(|(k, t)| (*k, t.clone()))
+            .collect(),
+        "kinesis" => kinesis::METADATA
             .iter()
             .map(|(k, t)| (*k, t.clone()))
             .collect(),

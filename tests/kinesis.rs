@@ -1,0 +1,692 @@
+//! The `kinesis` source and sink against a real Kinesis emulator (kinesis-local, the
+//! npm build of kinesis-mock; one per test, on a free port): every record of a
+//! multi-shard stream exactly once with its metadata, NDJSON records, a restart that
+//! resumes from the checkpoints without loss, gap or re-read, a split and a merge
+//! during consumption keeping each partition key's order, and the sink's records
+//! with their partition keys.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType, StreamStatus};
+use serde_json::Value;
+use sluice::aws::AwsConnect;
+use sluice::runtime::{Connectors, Manager, ManagerOptions};
+use sluice::sinks::SinkContext;
+use sluice::sources::SourceContext;
+
+use crate::services::{Scratch, free_port};
+
+/// A kinesis-local server of its own, plain HTTP on a free port.
+pub struct KinesisLocal {
+    port: u16,
+    child: Child,
+    _scratch: Scratch,
+}
+
+impl KinesisLocal {
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// Starts on a given port (for a test that points Sluice at it before it runs).
+    pub fn start_on(port: u16) -> Self {
+        let scratch = Scratch::new("kinesis-local");
+        let cert = kinesis_local_dir().join("server.json");
+        assert!(
+            cert.is_file(),
+            "kinesis-local is not installed ({} missing): run .ci/install-deps",
+            cert.display()
+        );
+        let log = std::fs::File::create(scratch.path().join("kinesis.log")).unwrap();
+        let child = Command::new("kinesis-local")
+            .env("KINESIS_MOCK_CERT_PATH", &cert)
+            .env("KINESIS_MOCK_PLAIN_PORT", port.to_string())
+            .env("KINESIS_MOCK_TLS_PORT", free_port().to_string())
+            // Streams and reshards take effect at once (the defaults wait 500 ms).
+            .env("CREATE_STREAM_DURATION", "0ms")
+            .env("SPLIT_SHARD_DURATION", "0ms")
+            .env("MERGE_SHARDS_DURATION", "0ms")
+            .env("SHARD_LIMIT", "100")
+            .env("LOG_LEVEL", "WARN")
+            .current_dir(scratch.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start kinesis-local (run .ci/install-deps)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "kinesis-local did not listen on {port}: {}",
+                std::fs::read_to_string(scratch.path().join("kinesis.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        KinesisLocal {
+            port,
+            child,
+            _scratch: scratch,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The connector options that reach this emulator.
+    pub fn options(&self) -> String {
+        format!(
+            "endpoint = '{}', region = 'us-east-1', access_key_id = 'test', secret_access_key = 'test'",
+            self.endpoint()
+        )
+    }
+
+    pub async fn client(&self) -> Client {
+        let c = AwsConnect {
+            region: Some("us-east-1".into()),
+            endpoint: Some(self.endpoint()),
+            access_key_id: Some("test".into()),
+            secret_access_key: Some("test".into()),
+            ..Default::default()
+        };
+        Client::new(&c.sdk_config().await)
+    }
+}
+
+impl Drop for KinesisLocal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn kinesis_local_dir() -> PathBuf {
+    let root = Command::new("npm")
+        .args(["root", "-g"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    PathBuf::from(root).join("kinesis-local")
+}
+
+/// Creates a stream and waits until it is active.
+pub async fn create_stream(client: &Client, name: &str, shards: i32) {
+    client
+        .create_stream()
+        .stream_name(name)
+        .shard_count(shards)
+        .send()
+        .await
+        .expect("CreateStream");
+    wait_active(client, name).await;
+}
+
+async fn wait_active(client: &Client, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = client
+            .describe_stream_summary()
+            .stream_name(name)
+            .send()
+            .await
+            .expect("DescribeStreamSummary");
+        if d.stream_description_summary()
+            .is_some_and(|s| *s.stream_status() == StreamStatus::Active)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "stream {name} not active");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What PutRecords said about one record.
+#[derive(Debug, Clone)]
+struct Put {
+    key: String,
+    shard: String,
+    sequence: String,
+}
+
+/// Puts `records` (partition key, data), 500 per call, and returns where each went.
+async fn put_records(client: &Client, stream: &str, records: &[(String, String)]) -> Vec<Put> {
+    let mut out = Vec::new();
+    for chunk in records.chunks(500) {
+        let mut req = client.put_records().stream_name(stream);
+        for (k, d) in chunk {
+            req = req.records(
+                PutRecordsRequestEntry::builder()
+                    .partition_key(k)
+                    .data(Blob::new(d.as_bytes().to_vec()))
+                    .build()
+                    .unwrap(),
+            );
+        }
+        let resp = req.send().await.expect("PutRecords");
+        assert_eq!(resp.failed_record_count(), Some(0));
+        for ((k, _), r) in chunk.iter().zip(resp.records()) {
+            out.push(Put {
+                key: k.clone(),
+                shard: r.shard_id().unwrap().to_string(),
+                sequence: r.sequence_number().unwrap().to_string(),
+            });
+        }
+    }
+    out
+}
+
+fn manager(data_dir: &Path) -> Arc<Manager> {
+    Manager::new(ManagerOptions {
+        tick: Duration::from_millis(20),
+        connectors: Connectors {
+            sources: SourceContext {
+                data_dir: Some(data_dir.to_path_buf()),
+                ..Default::default()
+            },
+            sinks: SinkContext {
+                data_dir: Some(data_dir.to_path_buf()),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+}
+
+fn read_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn records_in(m: &Manager, stream: &str) -> u64 {
+    m.stream_state(stream)
+        .map(|s| s.records_in.load(Ordering::Relaxed))
+        .unwrap_or(0)
+}
+
+async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn readings(range: std::ops::Range<i64>) -> Vec<(String, String)> {
+    range
+        .map(|i| {
+            (
+                format!("dev-{}", i % 17),
+                format!(
+                    "{{\"id\": {i}, \"deviceId\": \"dev-{}\", \"seq\": {}}}",
+                    i % 17,
+                    i / 17
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Four shards, records spread over them by key, one record carrying NDJSON: each
+/// reading arrives once, with the shard, sequence number and partition key Kinesis
+/// gave it and an arrival time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_shard_stream_delivers_every_record_once_with_metadata() {
+    let kinesis = KinesisLocal::start();
+    let client = kinesis.client().await;
+    create_stream(&client, "multi", 4).await;
+    let mut records = readings(0..1000);
+    // One Kinesis record with three readings, as NDJSON.
+    records.push((
+        "batch".to_string(),
+        "{\"id\": 1000}\n{\"id\": 1001}\n{\"id\": 1002}\n".to_string(),
+    ));
+    let before = chrono_ms();
+    let puts = put_records(&client, "multi", &records).await;
+    let shards: BTreeSet<&str> = puts.iter().map(|p| p.shard.as_str()).collect();
+    assert_eq!(shards.len(), 4, "the keys must spread over all four shards");
+
+    let dir = Scratch::new("kinesis-multi");
+    let m = manager(dir.path());
+    m.apply(&format!(
+        "CREATE SINK out WITH (connector = 'file', path = '{out}');
+         CREATE STREAM s (
+           id BIGINT NOT NULL,
+           shard_id TEXT METADATA, sequence_number TEXT METADATA, partition_key TEXT METADATA,
+           arrived TIMESTAMP METADATA FROM 'approximate_arrival_time'
+         ) WITH (connector = 'kinesis', stream = 'multi', start_position = 'TRIM_HORIZON',
+                 poll_interval = '50ms', {opts});
+         CREATE QUERY q AS INSERT INTO out
+           SELECT id, shard_id, sequence_number, partition_key,
+                  CAST(arrived AS BIGINT) AS arrived_ms FROM s;",
+        out = dir.path().join("out.jsonl").display(),
+        opts = kinesis.options(),
+    ))
+    .unwrap();
+    eventually("1003 readings", Duration::from_secs(30), || {
+        records_in(&m, "s") >= 1003
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    m.shutdown(Duration::from_secs(5)).await;
+
+    let rows = read_lines(&dir.path().join("out.jsonl"));
+    assert_eq!(rows.len(), 1003, "each reading exactly once");
+    let by_id: BTreeMap<i64, &Value> = rows
+        .iter()
+        .map(|r| (r["id"].as_i64().unwrap(), r))
+        .collect();
+    assert_eq!(
+        by_id.keys().copied().collect::<Vec<_>>(),
+        (0..1003).collect::<Vec<_>>()
+    );
+    for (i, put) in puts.iter().enumerate() {
+        let ids: Vec<i64> = if i < 1000 {
+            vec![i as i64]
+        } else {
+            vec![1000, 1001, 1002]
+        };
+        for id in ids {
+            let r = by_id[&id];
+            assert_eq!(r["shard_id"], put.shard.as_str(), "reading {id}");
+            assert_eq!(r["sequence_number"], put.sequence.as_str(), "reading {id}");
+            assert_eq!(r["partition_key"], put.key.as_str(), "reading {id}");
+            let arrived = r["arrived_ms"].as_i64().unwrap();
+            assert!(
+                (before - 5_000..chrono_ms() + 5_000).contains(&arrived),
+                "arrival time {arrived} of reading {id}"
+            );
+        }
+    }
+    // A checkpoint per shard, at the shard's last sequence number.
+    let cp: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("kinesis").join("multi.json")).unwrap(),
+    )
+    .unwrap();
+    for shard in shards {
+        let last = puts
+            .iter()
+            .filter(|p| p.shard == shard)
+            .map(|p| p.sequence.clone())
+            .max_by(|a, b| (a.len(), a).cmp(&(b.len(), b)))
+            .unwrap();
+        assert_eq!(cp["shards"][shard]["sequence"], last.as_str(), "{cp}");
+    }
+}
+
+fn chrono_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Sluice stops while records keep coming and more arrive while it is down; the next
+/// run resumes each shard after its checkpoint: every reading arrives, none of those
+/// the first run had processed is read again, and a LATEST stream of the first run
+/// does not skip what arrived while it was down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_from_checkpoints_without_loss_gap_or_reread() {
+    let kinesis = KinesisLocal::start();
+    let client = kinesis.client().await;
+    create_stream(&client, "restart", 3).await;
+    let dir = Scratch::new("kinesis-restart");
+    let app = |file: &str| {
+        format!(
+            "CREATE SINK out WITH (connector = 'file', path = '{}');
+             CREATE STREAM s (id BIGINT NOT NULL) WITH (connector = 'kinesis', stream = 'restart',
+               start_position = 'LATEST', poll_interval = '50ms', max_records = '100', {});
+             CREATE QUERY q AS INSERT INTO out SELECT id FROM s;",
+            dir.path().join(file).display(),
+            kinesis.options()
+        )
+    };
+    let first = manager(dir.path());
+    first.apply(&app("first.jsonl")).unwrap();
+    // LATEST: wait until every shard has its starting point before putting.
+    eventually("the shard readers", Duration::from_secs(20), || {
+        std::fs::read(dir.path().join("kinesis").join("restart.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|v| v["shards"].as_object().is_some_and(|s| s.len() == 3))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    put_records(&client, "restart", &readings(0..600)).await;
+    eventually("the first 600", Duration::from_secs(30), || {
+        records_in(&first, "s") >= 600
+    })
+    .await;
+    // Acknowledgements (and with them the checkpoints) follow processing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.shutdown(Duration::from_secs(5)).await;
+    let got_first: BTreeSet<i64> = read_lines(&dir.path().join("first.jsonl"))
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(got_first, (0..600).collect());
+
+    // While Sluice is down.
+    put_records(&client, "restart", &readings(600..1500)).await;
+    let second = manager(dir.path());
+    second.apply(&app("second.jsonl")).unwrap();
+    put_records(&client, "restart", &readings(1500..2000)).await;
+    eventually("the other 1400", Duration::from_secs(30), || {
+        records_in(&second, "s") >= 1400
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    second.shutdown(Duration::from_secs(5)).await;
+    let rows = read_lines(&dir.path().join("second.jsonl"));
+    let ids: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    let reread = ids.iter().filter(|i| **i < 600).count();
+    assert_eq!(
+        reread, 0,
+        "the second run read {reread} readings the first had processed"
+    );
+    assert_eq!(ids.len(), 1400, "each remaining reading once");
+    assert_eq!(
+        ids.iter().copied().collect::<BTreeSet<_>>(),
+        (600..2000).collect()
+    );
+    // Within a key (one shard), in the order they were put.
+    let mut last: HashMap<i64, i64> = HashMap::new();
+    for id in ids {
+        let prev = last.insert(id % 17, id);
+        assert!(prev.is_none_or(|p| p < id), "reading {id} after {prev:?}");
+    }
+}
+
+/// A split and a merge while records flow: every reading arrives once, and each
+/// partition key's readings stay in order, because a child shard starts only after
+/// its parents are drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reshard_during_consumption_loses_nothing_and_keeps_key_order() {
+    let kinesis = KinesisLocal::start();
+    let client = kinesis.client().await;
+    create_stream(&client, "reshard", 2).await;
+    let dir = Scratch::new("kinesis-reshard");
+    let m = manager(dir.path());
+    m.apply(&format!(
+        "CREATE SINK out WITH (connector = 'file', path = '{}');
+         CREATE STREAM s (id BIGINT NOT NULL, deviceId TEXT, shard_id TEXT METADATA)
+           WITH (connector = 'kinesis', stream = 'reshard', start_position = 'TRIM_HORIZON',
+                 poll_interval = '50ms', shard_discovery_interval = '200ms',
+                 max_records = '25', {});
+         CREATE QUERY q AS INSERT INTO out SELECT id, deviceId, shard_id FROM s;",
+        dir.path().join("out.jsonl").display(),
+        kinesis.options()
+    ))
+    .unwrap();
+    put_records(&client, "reshard", &readings(0..500)).await;
+    // 25 records per call, at most 5 calls a second: the parents still have a backlog
+    // when their children appear, so a child that did not wait for its parent would
+    // deliver a key's later readings before its earlier ones.
+    eventually("the first readings", Duration::from_secs(30), || {
+        records_in(&m, "s") >= 1
+    })
+    .await;
+
+    // Split the first shard at the middle of its hash range.
+    let shards = client
+        .list_shards()
+        .stream_name("reshard")
+        .send()
+        .await
+        .unwrap();
+    let first = &shards.shards()[0];
+    let range = first.hash_key_range().unwrap();
+    let lo: u128 = range.starting_hash_key().parse().unwrap();
+    let hi: u128 = range.ending_hash_key().parse().unwrap();
+    client
+        .split_shard()
+        .stream_name("reshard")
+        .shard_to_split(first.shard_id())
+        .new_starting_hash_key(((lo + hi) / 2).to_string())
+        .send()
+        .await
+        .expect("SplitShard");
+    wait_active(&client, "reshard").await;
+    put_records(&client, "reshard", &readings(500..1000)).await;
+
+    // Merge the two children of the split back together.
+    let shards = client
+        .list_shards()
+        .stream_name("reshard")
+        .send()
+        .await
+        .unwrap();
+    let mut open: Vec<_> = shards
+        .shards()
+        .iter()
+        .filter(|s| {
+            s.sequence_number_range()
+                .is_some_and(|r| r.ending_sequence_number().is_none())
+                && s.parent_shard_id() == Some(first.shard_id())
+        })
+        .collect();
+    open.sort_by_key(|s| {
+        s.hash_key_range()
+            .unwrap()
+            .starting_hash_key()
+            .parse::<u128>()
+            .unwrap()
+    });
+    assert_eq!(open.len(), 2, "the split's children: {shards:?}");
+    client
+        .merge_shards()
+        .stream_name("reshard")
+        .shard_to_merge(open[0].shard_id())
+        .adjacent_shard_to_merge(open[1].shard_id())
+        .send()
+        .await
+        .expect("MergeShards");
+    wait_active(&client, "reshard").await;
+    put_records(&client, "reshard", &readings(1000..1500)).await;
+
+    eventually("all 1500", Duration::from_secs(40), || {
+        records_in(&m, "s") >= 1500
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    m.shutdown(Duration::from_secs(5)).await;
+    let rows = read_lines(&dir.path().join("out.jsonl"));
+    let ids: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids.len(), 1500, "each reading once");
+    assert_eq!(
+        ids.iter().copied().collect::<BTreeSet<_>>(),
+        (0..1500).collect()
+    );
+    let shards_seen: BTreeSet<&str> = rows
+        .iter()
+        .map(|r| r["shard_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        shards_seen.len(),
+        5,
+        "2 original, 2 from the split, 1 from the merge: {shards_seen:?}"
+    );
+    let mut last: HashMap<i64, i64> = HashMap::new();
+    for id in ids {
+        let prev = last.insert(id % 17, id);
+        assert!(
+            prev.is_none_or(|p| p < id),
+            "reading {id} came after {prev:?}"
+        );
+    }
+}
+
+/// The sink: rows as JSON records, partition keys from the template, spread over the
+/// shards; a row over Kinesis's 1 MiB limit is skipped and counted, not sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_puts_each_row_as_a_record_with_its_partition_key() {
+    let kinesis = KinesisLocal::start();
+    let client = kinesis.client().await;
+    create_stream(&client, "sunk", 2).await;
+    let dir = Scratch::new("kinesis-sink");
+    let input = dir.path().join("in.jsonl");
+    let mut lines = String::new();
+    for i in 0..1200 {
+        lines.push_str(&format!(
+            "{{\"id\": {i}, \"deviceId\": \"d{}\", \"temperature\": {}}}\n",
+            i % 9,
+            20 + i % 20
+        ));
+    }
+    lines.push_str(&format!(
+        "{{\"id\": 5000, \"deviceId\": \"big\", \"temperature\": 99, \"pad\": \"{}\"}}\n",
+        "x".repeat(1 << 20)
+    ));
+    std::fs::write(&input, lines).unwrap();
+    let m = manager(dir.path());
+    m.apply(&format!(
+        "CREATE SINK k WITH (connector = 'kinesis', stream = 'sunk', partition_key = 'dev-{{deviceId}}', {});
+         CREATE STREAM s (id BIGINT NOT NULL, deviceId TEXT, temperature DOUBLE, pad TEXT)
+           WITH (connector = 'file', path = '{}', max_record_bytes = '4000000');
+         CREATE QUERY q AS INSERT INTO k SELECT id, deviceId, temperature, pad FROM s;",
+        kinesis.options(),
+        input.display()
+    ))
+    .unwrap();
+    eventually("the sink to finish", Duration::from_secs(30), || {
+        m.sink_state("k")
+            .and_then(|s| s.health.clone())
+            .is_some_and(|h| h.to_json()["skipped"] == 1)
+    })
+    .await;
+    // Read every shard from the start.
+    let mut got: BTreeMap<i64, (String, Value)> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < 1200 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} records in the stream",
+            got.len()
+        );
+        got.clear();
+        let shards = client
+            .list_shards()
+            .stream_name("sunk")
+            .send()
+            .await
+            .unwrap();
+        for s in shards.shards() {
+            let mut it = client
+                .get_shard_iterator()
+                .stream_name("sunk")
+                .shard_id(s.shard_id())
+                .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                .send()
+                .await
+                .unwrap()
+                .shard_iterator()
+                .map(str::to_string);
+            while let Some(i) = it.take() {
+                let r = client.get_records().shard_iterator(i).send().await.unwrap();
+                if r.records().is_empty() {
+                    break;
+                }
+                for rec in r.records() {
+                    let v: Value = serde_json::from_slice(rec.data().as_ref()).unwrap();
+                    got.insert(
+                        v["id"].as_i64().unwrap(),
+                        (rec.partition_key().to_string(), v),
+                    );
+                }
+                it = r.next_shard_iterator().map(str::to_string);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    m.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1200);
+    for (id, (key, v)) in &got {
+        assert_eq!(key, &format!("dev-d{}", id % 9));
+        assert_eq!(v["deviceId"], format!("d{}", id % 9));
+        assert_eq!(v["temperature"].as_f64(), Some((20 + id % 20) as f64));
+    }
+    assert!(
+        !got.contains_key(&5000),
+        "the oversized row must not be sent"
+    );
+}
+
+fn source_health(m: &Manager, stream: &str) -> Value {
+    m.stream_state(stream)
+        .and_then(|s| s.health.clone())
+        .map(|h| h.to_json())
+        .unwrap_or(Value::Null)
+}
+
+/// Kinesis unreachable, then reachable without the stream, then with it: the source
+/// retries with backoff (its health says why, and the attempts slow down), and reads
+/// everything once the stream exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_backs_off_while_kinesis_or_the_stream_is_missing() {
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let dir = Scratch::new("kinesis-outage");
+    let m = manager(dir.path());
+    m.apply(&format!(
+        "CREATE SINK out WITH (connector = 'file', path = '{}');
+         CREATE STREAM s (id BIGINT NOT NULL) WITH (connector = 'kinesis', stream = 'late',
+           start_position = 'TRIM_HORIZON', poll_interval = '50ms', endpoint = '{endpoint}',
+           region = 'us-east-1', access_key_id = 'test', secret_access_key = 'test');
+         CREATE QUERY q AS INSERT INTO out SELECT id FROM s;",
+        dir.path().join("out.jsonl").display(),
+    ))
+    .unwrap();
+    // Nothing listens: connection errors, retried with growing delays (100 ms, 200 ms,
+    // 400 ms, 800 ms…), so after 2 s there are a handful of attempts, not hundreds.
+    eventually("the first retry", Duration::from_secs(20), || {
+        source_health(&m, "s")["status"] == "retrying"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let h = source_health(&m, "s");
+    let retries = h["retries"].as_u64().unwrap();
+    assert!((2..=8).contains(&retries), "{h}");
+    assert!(
+        h["last_error"].as_str().unwrap().contains("ListShards"),
+        "{h}"
+    );
+
+    // Kinesis comes up, without the stream yet: the error names it.
+    let kinesis = KinesisLocal::start_on(port);
+    let client = kinesis.client().await;
+    eventually(
+        "the missing stream reported",
+        Duration::from_secs(30),
+        || {
+            source_health(&m, "s")["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("ResourceNotFound"))
+        },
+    )
+    .await;
+    create_stream(&client, "late", 2).await;
+    put_records(&client, "late", &readings(0..300)).await;
+    eventually("all 300", Duration::from_secs(30), || {
+        records_in(&m, "s") >= 300
+    })
+    .await;
+    assert_eq!(source_health(&m, "s")["status"], "connected");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    m.shutdown(Duration::from_secs(5)).await;
+    let ids: BTreeSet<i64> = read_lines(&dir.path().join("out.jsonl"))
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, (0..300).collect());
+}
