@@ -165,10 +165,21 @@ fn load(
 }
 
 fn check(files: Vec<PathBuf>) -> CliResult {
-    let connectors = Connectors::default();
-    for f in &files {
+    // Connectors that keep state in the data directory (embedded tables) are checked
+    // against a scratch one, removed afterwards: checking writes nothing that stays.
+    let scratch = std::env::temp_dir().join(format!("sluice-check-{}", std::process::id()));
+    let mut connectors = Connectors::default();
+    connectors.sinks.data_dir = Some(scratch.clone());
+    connectors.sources.data_dir = Some(scratch.clone());
+    let result = check_with(&files, &connectors);
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+fn check_with(files: &[PathBuf], connectors: &Connectors) -> CliResult {
+    for f in files {
         let mut catalog = Catalog::new();
-        let changes = load(f, &mut catalog, &connectors)?;
+        let changes = load(f, &mut catalog, connectors)?;
         let queries = changes
             .iter()
             .filter(|c| matches!(c, Change::Created(sluice::sql::ObjectKind::Query, _)))
