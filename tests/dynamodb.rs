@@ -20,15 +20,14 @@ use axum::http::Request;
 use serde_json::{Value, json};
 use sluice::api::{ApiOptions, app};
 use sluice::aws::AwsConnect;
-use sluice::runtime::{Connectors, Manager, ManagerOptions};
-use sluice::sinks::SinkContext;
-use sluice::sources::SourceContext;
+use sluice::runtime::Manager;
 use sluice::tables;
 use tower::ServiceExt;
 
 use crate::mosquitto::Mosquitto;
 use crate::service::{Server, scratch};
 use crate::services::{Scratch, free_port};
+use crate::support::manager;
 
 /// moto's server of its own (`python3 -m moto.server`), on a free port.
 struct Moto {
@@ -156,24 +155,6 @@ async fn scan(client: &Client, table: &str) -> Vec<HashMap<String, AttributeValu
     }
 }
 
-fn manager(data_dir: &Path) -> Arc<Manager> {
-    Manager::new(ManagerOptions {
-        tick: Duration::from_millis(20),
-        connectors: Connectors {
-            sources: SourceContext {
-                data_dir: Some(data_dir.to_path_buf()),
-                ..Default::default()
-            },
-            sinks: SinkContext {
-                data_dir: Some(data_dir.to_path_buf()),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-}
-
 /// Readings of 30 devices, temperatures sweeping 0..50: the seed's data.
 fn readings() -> Vec<Value> {
     (0..900i64)
@@ -270,7 +251,7 @@ async fn dynamodb_sink_writes_warning_events_item_by_item() {
         .unwrap()
         .as_secs() as f64;
     for run in 0..2 {
-        let m = manager(dir.path());
+        let m = manager(Some(dir.path()));
         m.apply(&app).unwrap();
         run_to_end(&m, "q1").await;
         run_to_end(&m, "q2").await;
@@ -350,7 +331,7 @@ async fn embedded_table_serves_items_over_http_and_survives_restarts() {
     let input = dir.path().join("in.jsonl");
     let rows = readings();
     write_readings(&input, &rows);
-    let m = manager(dir.path());
+    let m = manager(Some(dir.path()));
     // One file stream per query: a file stream starts with its first query and may
     // end before the second is attached, which would then see nothing.
     m.apply(&format!(
@@ -686,7 +667,7 @@ async fn dynamodb_sink_fails_on_an_invalid_item_with_the_reason() {
     let dir = Scratch::new("dynamodb-invalid");
     let input = dir.path().join("in.jsonl");
     write_readings(&input, &readings());
-    let m = manager(dir.path());
+    let m = manager(Some(dir.path()));
     m.apply(&format!(
         "CREATE STREAM r (deviceId TEXT, temperature DOUBLE) WITH (connector = 'file', path = '{}');
          CREATE SINK bad WITH (connector = 'dynamodb', table = 'numbered', partition_key = 'deviceId', {});

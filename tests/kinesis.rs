@@ -6,10 +6,8 @@
 //! with their partition keys.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::Client;
@@ -17,11 +15,10 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType, StreamStatus};
 use serde_json::Value;
 use sluice::aws::AwsConnect;
-use sluice::runtime::{Connectors, Manager, ManagerOptions};
-use sluice::sinks::SinkContext;
-use sluice::sources::SourceContext;
+use sluice::runtime::Manager;
 
 use crate::services::{Scratch, free_port};
+use crate::support::{manager, read_lines, records_in, wait_for};
 
 /// A kinesis-local server of its own, plain HTTP on a free port.
 pub struct KinesisLocal {
@@ -183,46 +180,6 @@ async fn put_records(client: &Client, stream: &str, records: &[(String, String)]
     out
 }
 
-fn manager(data_dir: &Path) -> Arc<Manager> {
-    Manager::new(ManagerOptions {
-        tick: Duration::from_millis(20),
-        connectors: Connectors {
-            sources: SourceContext {
-                data_dir: Some(data_dir.to_path_buf()),
-                ..Default::default()
-            },
-            sinks: SinkContext {
-                data_dir: Some(data_dir.to_path_buf()),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-}
-
-fn read_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn records_in(m: &Manager, stream: &str) -> u64 {
-    m.stream_state(stream)
-        .map(|s| s.records_in.load(Ordering::Relaxed))
-        .unwrap_or(0)
-}
-
-async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 fn readings(range: std::ops::Range<i64>) -> Vec<(String, String)> {
     range
         .map(|i| {
@@ -258,7 +215,7 @@ async fn multi_shard_stream_delivers_every_record_once_with_metadata() {
     assert_eq!(shards.len(), 4, "the keys must spread over all four shards");
 
     let dir = Scratch::new("kinesis-multi");
-    let m = manager(dir.path());
+    let m = manager(Some(dir.path()));
     m.apply(&format!(
         "CREATE SINK out WITH (connector = 'file', path = '{out}');
          CREATE STREAM s (
@@ -274,7 +231,7 @@ async fn multi_shard_stream_delivers_every_record_once_with_metadata() {
         opts = kinesis.options(),
     ))
     .unwrap();
-    eventually("1003 readings", Duration::from_secs(30), || {
+    wait_for("1003 readings", Duration::from_secs(30), || {
         records_in(&m, "s") >= 1003
     })
     .await;
@@ -352,10 +309,10 @@ async fn a_restart_resumes_from_checkpoints_without_loss_gap_or_reread() {
             kinesis.options()
         )
     };
-    let first = manager(dir.path());
+    let first = manager(Some(dir.path()));
     first.apply(&app("first.jsonl")).unwrap();
     // LATEST: wait until every shard has its starting point before putting.
-    eventually("the shard readers", Duration::from_secs(20), || {
+    wait_for("the shard readers", Duration::from_secs(20), || {
         std::fs::read(dir.path().join("kinesis").join("restart.json"))
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
@@ -364,7 +321,7 @@ async fn a_restart_resumes_from_checkpoints_without_loss_gap_or_reread() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     put_records(&client, "restart", &readings(0..600)).await;
-    eventually("the first 600", Duration::from_secs(30), || {
+    wait_for("the first 600", Duration::from_secs(30), || {
         records_in(&first, "s") >= 600
     })
     .await;
@@ -379,10 +336,10 @@ async fn a_restart_resumes_from_checkpoints_without_loss_gap_or_reread() {
 
     // While Sluice is down.
     put_records(&client, "restart", &readings(600..1500)).await;
-    let second = manager(dir.path());
+    let second = manager(Some(dir.path()));
     second.apply(&app("second.jsonl")).unwrap();
     put_records(&client, "restart", &readings(1500..2000)).await;
-    eventually("the other 1400", Duration::from_secs(30), || {
+    wait_for("the other 1400", Duration::from_secs(30), || {
         records_in(&second, "s") >= 1400
     })
     .await;
@@ -417,7 +374,7 @@ async fn a_reshard_during_consumption_loses_nothing_and_keeps_key_order() {
     let client = kinesis.client().await;
     create_stream(&client, "reshard", 2).await;
     let dir = Scratch::new("kinesis-reshard");
-    let m = manager(dir.path());
+    let m = manager(Some(dir.path()));
     m.apply(&format!(
         "CREATE SINK out WITH (connector = 'file', path = '{}');
          CREATE STREAM s (id BIGINT NOT NULL, deviceId TEXT, shard_id TEXT METADATA)
@@ -433,7 +390,7 @@ async fn a_reshard_during_consumption_loses_nothing_and_keeps_key_order() {
     // 25 records per call, at most 5 calls a second: the parents still have a backlog
     // when their children appear, so a child that did not wait for its parent would
     // deliver a key's later readings before its earlier ones.
-    eventually("the first readings", Duration::from_secs(30), || {
+    wait_for("the first readings", Duration::from_secs(30), || {
         records_in(&m, "s") >= 1
     })
     .await;
@@ -495,7 +452,7 @@ async fn a_reshard_during_consumption_loses_nothing_and_keeps_key_order() {
     wait_active(&client, "reshard").await;
     put_records(&client, "reshard", &readings(1000..1500)).await;
 
-    eventually("all 1500", Duration::from_secs(40), || {
+    wait_for("all 1500", Duration::from_secs(40), || {
         records_in(&m, "s") >= 1500
     })
     .await;
@@ -549,7 +506,7 @@ async fn the_sink_puts_each_row_as_a_record_with_its_partition_key() {
         "x".repeat(1 << 20)
     ));
     std::fs::write(&input, lines).unwrap();
-    let m = manager(dir.path());
+    let m = manager(Some(dir.path()));
     m.apply(&format!(
         "CREATE SINK k WITH (connector = 'kinesis', stream = 'sunk', partition_key = 'dev-{{deviceId}}', {});
          CREATE STREAM s (id BIGINT NOT NULL, deviceId TEXT, temperature DOUBLE, pad TEXT)
@@ -559,7 +516,7 @@ async fn the_sink_puts_each_row_as_a_record_with_its_partition_key() {
         input.display()
     ))
     .unwrap();
-    eventually("the sink to finish", Duration::from_secs(30), || {
+    wait_for("the sink to finish", Duration::from_secs(30), || {
         m.sink_state("k")
             .and_then(|s| s.health.clone())
             .is_some_and(|h| h.to_json()["skipped"] == 1)
@@ -637,7 +594,7 @@ async fn the_source_backs_off_while_kinesis_or_the_stream_is_missing() {
     let port = free_port();
     let endpoint = format!("http://127.0.0.1:{port}");
     let dir = Scratch::new("kinesis-outage");
-    let m = manager(dir.path());
+    let m = manager(Some(dir.path()));
     m.apply(&format!(
         "CREATE SINK out WITH (connector = 'file', path = '{}');
          CREATE STREAM s (id BIGINT NOT NULL) WITH (connector = 'kinesis', stream = 'late',
@@ -649,7 +606,7 @@ async fn the_source_backs_off_while_kinesis_or_the_stream_is_missing() {
     .unwrap();
     // Nothing listens: connection errors, retried with growing delays (100 ms, 200 ms,
     // 400 ms, 800 ms…), so after 2 s there are a handful of attempts, not hundreds.
-    eventually("the first retry", Duration::from_secs(20), || {
+    wait_for("the first retry", Duration::from_secs(20), || {
         source_health(&m, "s")["status"] == "retrying"
     })
     .await;
@@ -665,7 +622,7 @@ async fn the_source_backs_off_while_kinesis_or_the_stream_is_missing() {
     // Kinesis comes up, without the stream yet: the error names it.
     let kinesis = KinesisLocal::start_on(port);
     let client = kinesis.client().await;
-    eventually(
+    wait_for(
         "the missing stream reported",
         Duration::from_secs(30),
         || {
@@ -677,7 +634,7 @@ async fn the_source_backs_off_while_kinesis_or_the_stream_is_missing() {
     .await;
     create_stream(&client, "late", 2).await;
     put_records(&client, "late", &readings(0..300)).await;
-    eventually("all 300", Duration::from_secs(30), || {
+    wait_for("all 300", Duration::from_secs(30), || {
         records_in(&m, "s") >= 300
     })
     .await;

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
-use sluice::runtime::{Manager, ManagerOptions};
+use sluice::runtime::Manager;
 
 use crate::mosquitto::Mosquitto;
+use crate::support::{manager, read_lines, records_in, wait_for};
 
 fn scratch(name: &str) -> PathBuf {
     let d = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -22,29 +23,6 @@ fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn manager() -> Arc<Manager> {
-    Manager::new(ManagerOptions {
-        tick: Duration::from_millis(20),
-        ..Default::default()
-    })
-}
-
-fn read_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-async fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Messages a test client received: topic and payload.
@@ -120,7 +98,7 @@ impl Client {
 
     async fn wait_acked(&self, n: u64) {
         let acked = Arc::clone(&self.acked);
-        eventually(
+        wait_for(
             "the broker's acknowledgements",
             Duration::from_secs(20),
             || acked.load(Ordering::Relaxed) >= n,
@@ -135,12 +113,6 @@ impl Drop for Client {
     }
 }
 
-fn records_in(m: &Manager, stream: &str) -> u64 {
-    m.stream_state(stream)
-        .map(|s| s.records_in.load(Ordering::Relaxed))
-        .unwrap_or(0)
-}
-
 fn connection_status(m: &Manager, stream: &str) -> String {
     m.stream_state(stream)
         .and_then(|s| s.health.clone())
@@ -152,7 +124,7 @@ fn connection_status(m: &Manager, stream: &str) -> String {
 async fn qos1_counts_are_exact_with_metadata_arrays_and_bad_messages() {
     let broker = Mosquitto::start();
     let dir = scratch("exact");
-    let m = manager();
+    let m = manager(None);
     m.apply(&format!(
         "CREATE SINK out WITH (connector = 'file', path = '{out}');
          CREATE SINK errs WITH (connector = 'file', path = '{errs}');
@@ -168,7 +140,7 @@ async fn qos1_counts_are_exact_with_metadata_arrays_and_bad_messages() {
         url = broker.url(),
     ))
     .unwrap();
-    eventually("the source connects", Duration::from_secs(10), || {
+    wait_for("the source connects", Duration::from_secs(10), || {
         connection_status(&m, "s") == "connected"
     })
     .await;
@@ -208,7 +180,7 @@ async fn qos1_counts_are_exact_with_metadata_arrays_and_bad_messages() {
         .await;
     publisher.wait_acked(sent + 3).await;
 
-    eventually("2,500 records in", Duration::from_secs(20), || {
+    wait_for("2,500 records in", Duration::from_secs(20), || {
         records_in(&m, "s") >= 2500
     })
     .await;
@@ -274,9 +246,9 @@ async fn a_restart_with_a_persistent_session_loses_no_qos1_message() {
         )
     };
     // The first run only creates the session (and its subscription) at the broker.
-    let setup = manager();
+    let setup = manager(None);
     setup.apply(&app("setup.jsonl")).unwrap();
-    eventually("the source connects", Duration::from_secs(10), || {
+    wait_for("the source connects", Duration::from_secs(10), || {
         connection_status(&setup, "s") == "connected"
     })
     .await;
@@ -294,9 +266,9 @@ async fn a_restart_with_a_persistent_session_loses_no_qos1_message() {
     publisher.wait_acked(N).await;
 
     // The second run stops in the middle of the backlog.
-    let second = manager();
+    let second = manager(None);
     second.apply(&app("second.jsonl")).unwrap();
-    eventually(
+    wait_for(
         "the second run to get going",
         Duration::from_secs(20),
         || records_in(&second, "s") >= 2000,
@@ -310,7 +282,7 @@ async fn a_restart_with_a_persistent_session_loses_no_qos1_message() {
     );
 
     // The third run gets the rest.
-    let third = manager();
+    let third = manager(None);
     third.apply(&app("third.jsonl")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while records_in(&third, "s") + (got_second as u64) < N && Instant::now() < deadline {
@@ -344,7 +316,7 @@ async fn a_restart_with_a_persistent_session_loses_no_qos1_message() {
 async fn the_source_survives_a_broker_outage_and_says_so() {
     let mut broker = Mosquitto::start();
     let dir = scratch("outage");
-    let m = manager();
+    let m = manager(None);
     m.apply(&format!(
         "CREATE SINK out WITH (connector = 'file', path = '{}');
          CREATE STREAM s (id BIGINT NOT NULL) WITH (connector = 'mqtt', url = '{}',
@@ -354,7 +326,7 @@ async fn the_source_survives_a_broker_outage_and_says_so() {
         broker.url()
     ))
     .unwrap();
-    eventually("the source connects", Duration::from_secs(10), || {
+    wait_for("the source connects", Duration::from_secs(10), || {
         connection_status(&m, "s") == "connected"
     })
     .await;
@@ -366,13 +338,13 @@ async fn the_source_survives_a_broker_outage_and_says_so() {
         }
         p.wait_acked(100).await;
     }
-    eventually("100 records", Duration::from_secs(10), || {
+    wait_for("100 records", Duration::from_secs(10), || {
         records_in(&m, "s") == 100
     })
     .await;
 
     broker.stop();
-    eventually("the outage to show", Duration::from_secs(10), || {
+    wait_for("the outage to show", Duration::from_secs(10), || {
         connection_status(&m, "s") == "retrying"
     })
     .await;
@@ -381,7 +353,7 @@ async fn the_source_survives_a_broker_outage_and_says_so() {
     assert!(health.to_json()["last_error"].is_string());
 
     broker.restart();
-    eventually("the source reconnects", Duration::from_secs(20), || {
+    wait_for("the source reconnects", Duration::from_secs(20), || {
         connection_status(&m, "s") == "connected"
     })
     .await;
@@ -391,7 +363,7 @@ async fn the_source_survives_a_broker_outage_and_says_so() {
         p.publish("readings", format!("{{\"id\": {i}}}")).await;
     }
     p.wait_acked(100).await;
-    eventually("200 records", Duration::from_secs(10), || {
+    wait_for("200 records", Duration::from_secs(10), || {
         records_in(&m, "s") == 200
     })
     .await;
@@ -409,7 +381,7 @@ async fn the_source_survives_a_broker_outage_and_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mqtt_sink_republishes_rows_on_templated_topics() {
     let broker = Mosquitto::start();
-    let m = manager();
+    let m = manager(None);
     m.apply(&format!(
         "CREATE STREAM s (device TEXT NOT NULL, temperature DOUBLE) WITH (connector = 'http');
          CREATE SINK alerts WITH (connector = 'mqtt', url = '{}', topic = 'alerts/{{device}}/hot',
@@ -433,7 +405,7 @@ async fn the_mqtt_sink_republishes_rows_on_templated_topics() {
     assert_eq!(report.accepted, 301);
     // temperature = i % 110 > 85 for i in 86..110 and 196..220: 48 rows, plus a/b.
     let received = Arc::clone(&sub.received);
-    eventually("49 alerts", Duration::from_secs(10), || {
+    wait_for("49 alerts", Duration::from_secs(10), || {
         received.lock().unwrap().len() >= 49
     })
     .await;
@@ -553,7 +525,7 @@ async fn mqtts_with_a_client_certificate() {
          require_certificate true\n",
         d = dir.display()
     ));
-    let m = manager();
+    let m = manager(None);
     let app = |stream: &str, ca: &str| {
         format!(
             "CREATE STREAM {stream} (id BIGINT NOT NULL) WITH (connector = 'mqtt',
@@ -583,11 +555,11 @@ async fn mqtts_with_a_client_certificate() {
         p.publish("secure", format!("{{\"id\": {i}}}")).await;
     }
     p.wait_acked(50).await;
-    eventually("50 records over TLS", Duration::from_secs(10), || {
+    wait_for("50 records over TLS", Duration::from_secs(10), || {
         records_in(&m, "good") == 50
     })
     .await;
-    eventually(
+    wait_for(
         "the wrong CA to be refused",
         Duration::from_secs(10),
         || connection_status(&m, "wrong_ca") == "retrying",

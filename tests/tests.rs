@@ -14,3 +14,4 @@ mod seeds;
 mod service;
 mod services;
 mod simulate;
+mod support;

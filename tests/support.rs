@@ -1,0 +1,59 @@
+//! What the connector tests share about Sluice itself (test support): an in-process
+//! manager, the JSON lines a `file` sink wrote, a stream's record count, and waiting
+//! for a condition with a deadline.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sluice::runtime::{Connectors, Manager, ManagerOptions};
+use sluice::sinks::SinkContext;
+use sluice::sources::SourceContext;
+
+/// A manager ticking every 20 ms, with a data directory for connectors that keep
+/// state (checkpoints, embedded tables) when one is given.
+pub fn manager(data_dir: Option<&Path>) -> Arc<Manager> {
+    let data_dir = data_dir.map(Path::to_path_buf);
+    Manager::new(ManagerOptions {
+        tick: Duration::from_millis(20),
+        connectors: Connectors {
+            sources: SourceContext {
+                data_dir: data_dir.clone(),
+                ..Default::default()
+            },
+            sinks: SinkContext {
+                data_dir,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+}
+
+/// The rows a `file` sink wrote (none when it wrote nothing yet).
+pub fn read_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Records a stream has decoded so far.
+pub fn records_in(m: &Manager, stream: &str) -> u64 {
+    m.stream_state(stream)
+        .map(|s| s.records_in.load(Ordering::Relaxed))
+        .unwrap_or(0)
+}
+
+/// Waits until `f` holds, failing the test after `timeout`.
+pub async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
