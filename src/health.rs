@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Value, json};
 
+use crate::clock::now_ms;
+
 /// Connection state of one connector, updated by the connector, read by the API.
 #[derive(Debug, Default)]
 pub struct Health {
@@ -85,13 +87,6 @@ impl Health {
             "last_skip": s.last_skip,
         })
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Exponential backoff with a cap, for reconnect and retry loops: 100 ms, 200 ms, …,

@@ -27,6 +27,7 @@
 pub mod api;
 pub mod aws;
 pub mod catalog;
+pub mod clock;
 pub mod decode;
 pub mod engine;
 pub mod error;

@@ -28,7 +28,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -39,6 +39,7 @@ use rumqttc::{
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::sources::simulator::Reading;
 
@@ -756,13 +757,6 @@ impl Topic {
             Some(d) => self.parts.join(&d.to_string()),
         }
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -151,10 +151,7 @@ impl ItemSpec {
         self.check_schema(batch)?;
         let mut lines = Vec::new();
         super::to_json_lines(batch, &mut lines)?;
-        let now_s = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now_s = (crate::clock::now_ms() / 1000).max(0) as u64;
         let mut out = Items::default();
         for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let Value::Object(row) = serde_json::from_slice::<Value>(line)

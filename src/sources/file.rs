@@ -13,6 +13,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use super::{Chunk, Input, Source, SourceContext, resolve_path};
+use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::sql::Options;
 
@@ -51,10 +52,6 @@ impl Source for FileSource {
             }
         })
     }
-}
-
-fn now_ms() -> i64 {
-    crate::engine::watermark::Clock::now_ms(&crate::engine::watermark::SystemClock)
 }
 
 async fn read_fast(file: &mut tokio::fs::File, out: &mpsc::Sender<Input>) -> Result<()> {

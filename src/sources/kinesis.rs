@@ -60,6 +60,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Chunk, IngestReport, Input, Source, SourceContext};
 use crate::aws::{AwsConnect, describe_error, error_code};
+use crate::clock::now_ms;
 use crate::decode::{ChunkMeta, MetaValues, append_records};
 use crate::error::{Error, Result};
 use crate::health::{Backoff, Health};
@@ -861,13 +862,6 @@ async fn get_iterator(
         ))
     })?;
     Ok(resp.shard_iterator().map(str::to_string))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeFi
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Chunk, IngestReport, Input, Source, SourceContext, resolve_path};
+use crate::clock::now_ms;
 use crate::decode::{ChunkMeta, MetaValues, append_records};
 use crate::error::{Error, RecordError, RecordErrorKind, Result};
 use crate::health::{Backoff, Health};
@@ -587,13 +588,6 @@ impl MqttSource {
             }
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
