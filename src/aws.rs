@@ -161,3 +161,17 @@ where
         _ => None,
     }
 }
+
+/// Whether an error needs someone to act before a retry can succeed (bad input, a
+/// missing permission, unknown credentials): sinks fail on these instead of retrying.
+pub fn needs_operator(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some(
+            "ValidationException"
+                | "AccessDeniedException"
+                | "UnrecognizedClientException"
+                | "InvalidArgumentException"
+        )
+    )
+}

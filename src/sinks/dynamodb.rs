@@ -35,7 +35,7 @@ use serde_json::{Map, Value};
 
 use super::Sink;
 use super::items::ItemSpec;
-use crate::aws::{AwsConnect, describe_error, error_code};
+use crate::aws::{AwsConnect, describe_error, error_code, needs_operator};
 use crate::error::{Error, Result};
 use crate::health::{Backoff, Health};
 use crate::sql::Options;
@@ -111,19 +111,13 @@ impl DynamoDbSink {
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => {
-                    let code = error_code(&e).unwrap_or_default().to_string();
                     let why = format!(
                         "DynamoDB BatchWriteItem on '{}' at {}: {}",
                         self.spec.table,
                         self.connect.describe(),
                         describe_error(&e)
                     );
-                    if matches!(
-                        code.as_str(),
-                        "ValidationException"
-                            | "AccessDeniedException"
-                            | "UnrecognizedClientException"
-                    ) {
+                    if needs_operator(error_code(&e)) {
                         // The table, the items or the credentials must change first.
                         return Err(Error::external(why));
                     }

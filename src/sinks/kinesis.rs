@@ -34,7 +34,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 
 use super::Sink;
-use crate::aws::{AwsConnect, describe_error, error_code};
+use crate::aws::{AwsConnect, describe_error, error_code, needs_operator};
 use crate::error::{Error, Result};
 use crate::health::{Backoff, Health};
 use crate::sql::Options;
@@ -154,20 +154,13 @@ impl KinesisSink {
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => {
-                    let code = error_code(&e).unwrap_or_default().to_string();
                     let why = format!(
                         "Kinesis PutRecords on '{}' at {}: {}",
                         self.stream,
                         self.connect.describe(),
                         describe_error(&e)
                     );
-                    if matches!(
-                        code.as_str(),
-                        "ValidationException"
-                            | "AccessDeniedException"
-                            | "UnrecognizedClientException"
-                            | "InvalidArgumentException"
-                    ) {
+                    if needs_operator(error_code(&e)) {
                         return Err(Error::external(why));
                     }
                     let delay = backoff.next_delay();
