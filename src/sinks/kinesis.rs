@@ -34,6 +34,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 
 use super::Sink;
+use super::template::{Part, Template};
 use crate::aws::{AwsConnect, describe_error, error_code, needs_operator};
 use crate::error::{Error, Result};
 use crate::health::{Backoff, Health};
@@ -47,20 +48,13 @@ const MAX_RECORD_BYTES: usize = 1 << 20;
 const MAX_KEY_CHARS: usize = 256;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// One piece of the partition key template.
-#[derive(Debug, Clone, PartialEq)]
-enum Part {
-    Text(String),
-    Column(String),
-}
-
 pub struct KinesisSink {
     connect: AwsConnect,
     /// `stream`: name or ARN (required).
     stream: String,
     /// `partition_key`: template like `{deviceId}` or `site-{site}/{deviceId}`
     /// (required).
-    key: Vec<Part>,
+    key: Template,
     client: Option<Client>,
     health: Arc<Health>,
 }
@@ -88,7 +82,8 @@ impl KinesisSink {
                 at,
             )
         })?;
-        let parts = parse_template(&key.value).map_err(|e| Error::user_at(e, key.position))?;
+        let parts = Template::parse(&key.value, "partition key template")
+            .map_err(|e| Error::user_at(e, key.position))?;
         o.finish("sink connector 'kinesis'")?;
         Ok(KinesisSink {
             connect,
@@ -198,62 +193,10 @@ fn refused(
     (failed, why)
 }
 
-/// `{column}` placeholders in literal text; `{{` and `}}` are literal braces.
-fn parse_template(t: &str) -> std::result::Result<Vec<Part>, String> {
-    let mut parts = Vec::new();
-    let mut text = String::new();
-    let mut chars = t.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '{' if chars.peek() == Some(&'{') => {
-                chars.next();
-                text.push('{');
-            }
-            '}' if chars.peek() == Some(&'}') => {
-                chars.next();
-                text.push('}');
-            }
-            '{' => {
-                let mut name = String::new();
-                loop {
-                    match chars.next() {
-                        Some('}') => break,
-                        Some(c) => name.push(c),
-                        None => {
-                            return Err(format!("unclosed '{{' in partition key template '{t}'"));
-                        }
-                    }
-                }
-                let name = name.trim().to_string();
-                if name.is_empty() {
-                    return Err(format!("empty '{{}}' in partition key template '{t}'"));
-                }
-                if !text.is_empty() {
-                    parts.push(Part::Text(std::mem::take(&mut text)));
-                }
-                parts.push(Part::Column(name));
-            }
-            '}' => {
-                return Err(format!(
-                    "unmatched '}}' in partition key template '{t}' (write '}}}}')"
-                ));
-            }
-            c => text.push(c),
-        }
-    }
-    if !text.is_empty() {
-        parts.push(Part::Text(text));
-    }
-    if parts.is_empty() {
-        return Err("the partition key template is empty".to_string());
-    }
-    Ok(parts)
-}
-
 /// The partition key of a row; `None` when a column it names is null or missing.
-fn render_key(parts: &[Part], row: &serde_json::Map<String, Value>) -> Option<String> {
+fn render_key(template: &Template, row: &serde_json::Map<String, Value>) -> Option<String> {
     let mut key = String::new();
-    for p in parts {
+    for p in &template.parts {
         match p {
             Part::Text(t) => key.push_str(t),
             Part::Column(c) => match row.get(c)? {
@@ -272,16 +215,8 @@ fn render_key(parts: &[Part], row: &serde_json::Map<String, Value>) -> Option<St
 impl Sink for KinesisSink {
     fn write<'a>(&'a mut self, batch: &'a RecordBatch) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let schema = batch.schema();
-            for p in &self.key {
-                if let Part::Column(c) = p
-                    && schema.column_with_name(c).is_none()
-                {
-                    return Err(Error::user(format!(
-                        "kinesis sink: the partition key names column '{c}', which the query does not have"
-                    )));
-                }
-            }
+            self.key
+                .check_columns(&batch.schema(), "kinesis sink: the partition key")?;
             let mut lines = Vec::new();
             super::to_json_lines(batch, &mut lines)?;
             let mut entries = Vec::new();
@@ -346,29 +281,16 @@ mod tests {
     use aws_sdk_kinesis::types::PutRecordsResultEntry;
 
     #[test]
-    fn templates() {
-        assert_eq!(
-            parse_template("site-{site}/{ deviceId }").unwrap(),
-            vec![
-                Part::Text("site-".into()),
-                Part::Column("site".into()),
-                Part::Text("/".into()),
-                Part::Column("deviceId".into()),
-            ]
-        );
-        assert_eq!(
-            parse_template("{{x}}").unwrap(),
-            vec![Part::Text("{x}".into())]
-        );
-        assert!(parse_template("{a").is_err());
-        assert!(parse_template("a}").is_err());
-        assert!(parse_template("{}").is_err());
+    fn partition_keys() {
+        let t = |s: &str| Template::parse(s, "t").unwrap();
         let row = serde_json::json!({"site": "n", "deviceId": 7, "z": null});
         let row = row.as_object().unwrap();
-        let t = parse_template("site-{site}/{deviceId}").unwrap();
-        assert_eq!(render_key(&t, row).as_deref(), Some("site-n/7"));
-        assert_eq!(render_key(&parse_template("{z}").unwrap(), row), None);
-        assert_eq!(render_key(&parse_template("{missing}").unwrap(), row), None);
+        assert_eq!(
+            render_key(&t("site-{site}/{deviceId}"), row).as_deref(),
+            Some("site-n/7")
+        );
+        assert_eq!(render_key(&t("{z}"), row), None);
+        assert_eq!(render_key(&t("{missing}"), row), None);
     }
 
     /// Only the records the answer marks as failed are sent again.

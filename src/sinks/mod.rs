@@ -14,6 +14,7 @@ pub mod mqtt;
 pub mod redis;
 pub mod stdout;
 pub mod table;
+pub mod template;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -23,52 +23,22 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use futures::future::BoxFuture;
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 
+use super::template::{Part, Template};
 use super::{Sink, SinkContext};
 use crate::error::{Error, Result};
 use crate::health::{Backoff, Health};
 use crate::sources::mqtt::{MqttConnect, parse_qos};
 use crate::sql::Options;
 
-/// A topic template: literal text and column references.
-#[derive(Debug, Clone, PartialEq)]
-enum Part {
-    Text(String),
-    Column(String),
-}
-
-fn parse_template(t: &str) -> std::result::Result<Vec<Part>, String> {
-    let mut parts = Vec::new();
-    let mut rest = t;
-    while let Some(i) = rest.find('{') {
-        if i > 0 {
-            parts.push(Part::Text(rest[..i].to_string()));
-        }
-        let end = rest[i..]
-            .find('}')
-            .ok_or_else(|| format!("unclosed '{{' in topic '{t}'"))?;
-        let name = rest[i + 1..i + end].trim();
-        if name.is_empty() {
-            return Err(format!("empty '{{}}' in topic '{t}'"));
-        }
-        parts.push(Part::Column(name.to_string()));
-        rest = &rest[i + end + 1..];
-    }
-    if !rest.is_empty() {
-        parts.push(Part::Text(rest.to_string()));
-    }
-    let literal: String = parts
-        .iter()
-        .filter_map(|p| match p {
-            Part::Text(s) => Some(s.as_str()),
-            Part::Column(_) => None,
-        })
-        .collect();
-    if literal.contains(['+', '#']) {
+/// A topic template, and no wildcard in its literal text (one cannot publish to it).
+fn parse_topic(t: &str) -> std::result::Result<Template, String> {
+    let template = Template::parse(t, "topic")?;
+    if template.literal().contains(['+', '#']) {
         return Err(format!(
             "topic '{t}' contains a wildcard ('+' or '#'), which cannot be published to"
         ));
     }
-    Ok(parts)
+    Ok(template)
 }
 
 /// Percent-encodes what would change a topic's levels.
@@ -86,7 +56,7 @@ fn escape_level(v: &str, out: &mut String) {
 
 pub struct MqttSink {
     connect: MqttConnect,
-    topic: Vec<Part>,
+    topic: Template,
     qos: QoS,
     retain: bool,
     health: Arc<Health>,
@@ -111,8 +81,7 @@ impl MqttSink {
                 at,
             )
         })?;
-        let template =
-            parse_template(&topic.value).map_err(|e| Error::user_at(e, topic.position))?;
+        let template = parse_topic(&topic.value).map_err(|e| Error::user_at(e, topic.position))?;
         let qos = parse_qos(&mut o)?;
         let retain = o.take_bool("retain")?.unwrap_or(false);
         o.finish("sink connector 'mqtt'")?;
@@ -172,24 +141,14 @@ impl MqttSink {
     /// Each row's topic, from the template.
     fn topics(&self, batch: &RecordBatch) -> Result<Vec<String>> {
         let schema = batch.schema();
+        self.topic.check_columns(&schema, "mqtt sink topic")?;
         let options = FormatOptions::default().with_null("");
         let mut columns: Vec<Option<ArrayFormatter>> = Vec::new();
-        for p in &self.topic {
+        for p in &self.topic.parts {
             columns.push(match p {
                 Part::Text(_) => None,
                 Part::Column(name) => {
-                    let i = schema.index_of(name).map_err(|_| {
-                        Error::user(format!(
-                            "mqtt sink topic uses column '{name}', which the query does not produce; \
-                             its columns are: {}",
-                            schema
-                                .fields()
-                                .iter()
-                                .map(|f| f.name().as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ))
-                    })?;
+                    let i = schema.index_of(name)?;
                     Some(ArrayFormatter::try_new(batch.column(i).as_ref(), &options)?)
                 }
             });
@@ -197,7 +156,7 @@ impl MqttSink {
         let mut topics = Vec::with_capacity(batch.num_rows());
         for row in 0..batch.num_rows() {
             let mut topic = String::new();
-            for (p, f) in self.topic.iter().zip(&columns) {
+            for (p, f) in self.topic.parts.iter().zip(&columns) {
                 match (p, f) {
                     (Part::Text(t), _) => topic.push_str(t),
                     (Part::Column(_), Some(f)) => {
@@ -282,17 +241,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn templates() {
+    fn topics() {
         assert_eq!(
-            parse_template("alerts/{deviceId}/t").unwrap(),
+            parse_topic("alerts/{deviceId}/t").unwrap().parts,
             vec![
                 Part::Text("alerts/".into()),
                 Part::Column("deviceId".into()),
                 Part::Text("/t".into())
             ]
         );
-        assert!(parse_template("a/{x").is_err());
-        assert!(parse_template("a/#").is_err());
+        assert!(parse_topic("a/{x").is_err());
+        assert!(parse_topic("a/#").is_err());
         let mut s = String::new();
         escape_level("a/b+c#d%", &mut s);
         assert_eq!(s, "a%2Fb%2Bc%23d%25");
