@@ -322,47 +322,17 @@ pub fn parse_url(url: &str) -> Result<(String, u16)> {
             "--url '{url}': {why}; expected mqtt://host:port (for example mqtt://127.0.0.1:1883)"
         ))
     };
-    let rest = if let Some(r) = url.strip_prefix("mqtt://") {
-        r
-    } else if let Some(r) = url.strip_prefix("tcp://") {
-        r
-    } else if url.starts_with("mqtts://") || url.starts_with("ssl://") {
+    // The MQTT connectors' parser, with simulate's own limits on top.
+    let parsed = crate::sources::mqtt::parse_url(url).map_err(Error::user)?;
+    if parsed.tls {
         return Err(bad("TLS is not supported by simulate yet"));
-    } else {
-        return Err(bad("unknown scheme"));
-    };
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    if rest.contains(['/', '?', '@']) {
+    }
+    if parsed.username.is_some() {
         return Err(bad(
             "only host and port are allowed (credentials go in --username/--password)",
         ));
     }
-    let (host, port) = if let Some(end) = rest.strip_prefix('[').and_then(|r| r.find(']')) {
-        let host = &rest[..end + 2];
-        match &rest[end + 2..] {
-            "" => (host, None),
-            p => (
-                host,
-                Some(p.strip_prefix(':').ok_or_else(|| bad("bad port"))?),
-            ),
-        }
-    } else {
-        match rest.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (rest, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(bad("no host"));
-    }
-    let port = match port {
-        None => 1883,
-        Some(p) => match p.parse::<u16>() {
-            Ok(n) if n > 0 => n,
-            _ => return Err(bad("bad port")),
-        },
-    };
-    Ok((host.to_string(), port))
+    Ok((parsed.host, parsed.port))
 }
 
 /// Polls the event loop until the broker accepts the connection. Failing here is the

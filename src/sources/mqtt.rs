@@ -230,17 +230,18 @@ impl MqttTls {
     }
 }
 
-struct ParsedUrl {
-    tls: bool,
-    host: String,
-    port: u16,
-    username: Option<String>,
-    password: Option<String>,
+pub(crate) struct ParsedUrl {
+    pub(crate) tls: bool,
+    /// An IPv6 address keeps its brackets: rumqttc joins host and port with a colon.
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<String>,
 }
 
 /// `mqtt://[user[:password]@]host[:port]` or `mqtts://…` (ports 1883 and 8883 by
-/// default).
-fn parse_url(url: &str) -> std::result::Result<ParsedUrl, String> {
+/// default). Shared with `sluice simulate`.
+pub(crate) fn parse_url(url: &str) -> std::result::Result<ParsedUrl, String> {
     let bad = |why: &str| format!("invalid MQTT url '{url}': {why}");
     let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
         (false, r)
@@ -271,9 +272,10 @@ fn parse_url(url: &str) -> std::result::Result<ParsedUrl, String> {
         let (h, p) = h.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
         let port = match p.strip_prefix(':') {
             Some(p) => p.parse().map_err(|_| bad("the port is not a number"))?,
-            None => default_port,
+            None if p.is_empty() => default_port,
+            None => return Err(bad("expected ':' and a port after ']'")),
         };
-        (h.to_string(), port)
+        (format!("[{h}]"), port)
     } else {
         match hostport.rsplit_once(':') {
             Some((h, p)) => (
@@ -283,8 +285,11 @@ fn parse_url(url: &str) -> std::result::Result<ParsedUrl, String> {
             None => (hostport.to_string(), default_port),
         }
     };
-    if host.is_empty() || host.contains('/') {
-        return Err(bad("no host"));
+    if host.is_empty() || host == "[]" || host.contains(['/', '?']) {
+        return Err(bad("no host (a topic or query does not belong in the url)"));
+    }
+    if port == 0 {
+        return Err(bad("port 0 is not a broker's port"));
     }
     Ok(ParsedUrl {
         tls,
@@ -606,7 +611,9 @@ mod tests {
         assert_eq!(u.username.as_deref(), Some("user"));
         assert_eq!(u.password.as_deref(), Some("p%w"));
         let u = parse_url("mqtt://[::1]:1884").unwrap();
-        assert_eq!((u.host.as_str(), u.port), ("::1", 1884));
+        assert_eq!((u.host.as_str(), u.port), ("[::1]", 1884));
+        assert!(parse_url("mqtt://h:0").is_err());
+        assert!(parse_url("mqtt://h/topic").is_err());
         assert!(parse_url("http://x").is_err());
         assert!(parse_url("mqtt://host:port").is_err());
         assert!(parse_url("mqtt://").is_err());
