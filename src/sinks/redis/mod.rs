@@ -70,10 +70,9 @@ pub struct RedisSink {
     transaction: bool,
     /// `once_ttl` (how long `ONCE` markers live, default 7 days), `max_key_bytes`
     /// (longer keys are hashed, default 256), `pipeline_commands` (commands per
-    /// pipeline, default 4096). Measured on loopback with 300k commands per batch,
-    /// throughput is the same from 256 to 1M commands per pipeline (about 1.4 s debug
-    /// build, a third of it rendering); 4096 keeps each MULTI/EXEC short, since Redis
-    /// serves no other client while it runs one, and bounds what a retry re-sends.
+    /// pipeline, default 4096: large enough to amortize round trips, small enough to
+    /// keep each MULTI/EXEC short, since Redis serves no other client while it runs
+    /// one, and to bound what a retry re-sends; not yet benchmarked against others).
     limits: Limits,
     connection: Option<MultiplexedConnection>,
     health: Arc<Health>,
