@@ -24,7 +24,8 @@ pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
 /// Validates connector options; implemented where the connectors are known.
 pub trait ConnectorCheck {
     fn check_source(&self, connector: &str, options: &Options) -> Result<()>;
-    fn check_sink(&self, connector: &str, options: &Options) -> Result<()>;
+    /// `name` is the sink's: some connectors derive a location from it.
+    fn check_sink(&self, name: &str, connector: &str, options: &Options) -> Result<()>;
 }
 
 #[derive(Debug, Clone)]
@@ -173,7 +174,7 @@ impl Catalog {
                 let mut options = s.options;
                 let connector = options.require_string("connector", "CREATE SINK")?;
                 connectors
-                    .check_sink(&connector, &options)
+                    .check_sink(&s.name, &connector, &options)
                     .map_err(|e| e.or_at(s.position))?;
                 // Keep only the connector's own keys for the runtime.
                 options.take("connector");
@@ -508,7 +509,7 @@ impl ConnectorCheck for AnyConnector {
     fn check_source(&self, _: &str, _: &Options) -> Result<()> {
         Ok(())
     }
-    fn check_sink(&self, _: &str, _: &Options) -> Result<()> {
+    fn check_sink(&self, _: &str, _: &str, _: &Options) -> Result<()> {
         Ok(())
     }
 }

@@ -13,6 +13,8 @@
 //!            load in front of the MQTT source, outside the pipeline
 //!  aws       how the Kinesis and DynamoDB connectors reach AWS (or an emulator)
 //!  tables    embedded alert tables: written by the `table` sink, read by api/
+//!  adhoc     ad hoc SQL over what sinks stored (archives, tables): POST /query,
+//!            `sluice query`
 //! ```
 //!
 //! Data flows one way, through bounded channels of Arrow `RecordBatch`es, so a slow sink
@@ -24,6 +26,7 @@
 //! decode` on one side and `sources`, `sinks` on the other; `simulate` borrows only the
 //! simulator source's readings; everything may use `error`.
 
+pub mod adhoc;
 pub mod api;
 pub mod aws;
 pub mod catalog;

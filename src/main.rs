@@ -36,6 +36,28 @@ enum Command {
     /// Simulate devices publishing readings to an MQTT broker, until --count or
     /// Ctrl-C; prints a JSON summary line.
     Simulate(SimulateArgs),
+    /// Ad hoc SQL over the archives and embedded tables of a data directory (one
+    /// read-only statement; runs beside a server using that directory, or without one).
+    Query(QueryArgs),
+}
+
+#[derive(clap::Args)]
+struct QueryArgs {
+    /// One SELECT (or WITH … SELECT, EXPLAIN). Tables: archive sinks and embedded
+    /// tables by name.
+    sql: String,
+    /// The data directory of `sluice serve`: its catalog names the archives.
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// table, json, csv or arrow (Arrow IPC stream, binary).
+    #[arg(long, default_value = "table")]
+    format: String,
+    /// Most rows to return.
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+    /// Seconds before the query is stopped.
+    #[arg(long, default_value_t = 30)]
+    timeout_secs: u64,
 }
 
 #[derive(clap::Args)]
@@ -59,6 +81,12 @@ struct ServeArgs {
     /// Largest body POST /streams/{name}/records accepts, MB.
     #[arg(long, env = "SLUICE_MAX_INGEST_MB", default_value_t = 16)]
     max_ingest_mb: usize,
+    /// Seconds an ad hoc query (POST /query) may run.
+    #[arg(long, env = "SLUICE_ADHOC_TIMEOUT_SECS", default_value_t = 30)]
+    adhoc_timeout_secs: u64,
+    /// Memory one ad hoc query may use for sorts, aggregates and joins, MB.
+    #[arg(long, env = "SLUICE_ADHOC_MEMORY_MB", default_value_t = 256)]
+    adhoc_memory_mb: usize,
 }
 
 /// `sluice simulate`; the options are documented in docs/simulate.md.
@@ -129,6 +157,7 @@ fn main() -> ExitCode {
         Command::Check { files } => check(files),
         Command::Serve(args) => serve(args),
         Command::Simulate(args) => simulate(args),
+        Command::Query(args) => query(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -176,9 +205,11 @@ fn check(files: Vec<PathBuf>) -> CliResult {
     result
 }
 
+/// Files are checked in the order given into one catalog, as `serve --queries` loads
+/// a directory: a file may use what an earlier one declared.
 fn check_with(files: &[PathBuf], connectors: &Connectors) -> CliResult {
+    let mut catalog = Catalog::new();
     for f in files {
-        let mut catalog = Catalog::new();
         let changes = load(f, &mut catalog, connectors)?;
         let queries = changes
             .iter()
@@ -292,6 +323,11 @@ fn serve(args: ServeArgs) -> CliResult {
                 token,
                 max_ingest_bytes: args.max_ingest_mb << 20,
                 data_dir: Some(args.data_dir.clone()),
+                adhoc: sluice::adhoc::Limits {
+                    timeout: std::time::Duration::from_secs(args.adhoc_timeout_secs),
+                    memory_bytes: args.adhoc_memory_mb << 20,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
         );
@@ -327,6 +363,33 @@ fn serve(args: ServeArgs) -> CliResult {
         }
         manager.shutdown(grace).await;
         Ok(())
+    })
+}
+
+fn query(args: QueryArgs) -> CliResult {
+    use sluice::adhoc::{self, Limits, OutputFormat};
+    use std::io::Write;
+    let format = OutputFormat::parse(&args.format).map_err(|e| (None, e))?;
+    let limits = Limits {
+        max_rows: args.limit.max(Limits::default().max_rows),
+        timeout: std::time::Duration::from_secs(args.timeout_secs),
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| (None, Error::internal(e.to_string())))?;
+    rt.block_on(async move {
+        let sources = adhoc::sources_from_data_dir(&args.data_dir).map_err(|e| (None, e))?;
+        let out = adhoc::run(&args.sql, Some(args.limit), &sources, &limits)
+            .await
+            .map_err(|e| (None, e))?;
+        let bytes = out.encode(format).map_err(|e| (None, e))?;
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(&bytes)
+            .and_then(|()| stdout.flush())
+            .map_err(|e| (None, Error::external(format!("stdout: {e}"))))
     })
 }
 

@@ -166,6 +166,25 @@ pub fn read_from_disk(data_dir: &Path, name: &str) -> Result<Table> {
     Table::load(name, data_dir.join("tables").join(format!("{name}.log")))
 }
 
+/// The tables under `data_dir`, by name.
+pub fn names(data_dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("tables")) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".log"))
+                .filter(|n| check_name(n).is_ok())
+                .map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 /// Whether the table `name` exists under `data_dir` (was ever written).
 pub fn exists(data_dir: &Path, name: &str) -> bool {
     check_name(name).is_ok()

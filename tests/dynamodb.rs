@@ -30,13 +30,13 @@ use crate::services::{Scratch, free_port};
 use crate::support::manager;
 
 /// moto's server of its own (`python3 -m moto.server`), on a free port.
-struct Moto {
-    port: u16,
+pub(crate) struct Moto {
+    pub(crate) port: u16,
     child: Child,
 }
 
 impl Moto {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let port = free_port();
         let child = Command::new("python3")
             .args([
@@ -64,7 +64,7 @@ impl Moto {
         moto
     }
 
-    fn options(&self) -> String {
+    pub(crate) fn options(&self) -> String {
         format!(
             "endpoint = 'http://127.0.0.1:{}', region = 'us-east-1', access_key_id = 'test', \
              secret_access_key = 'test'",
@@ -190,7 +190,7 @@ fn expected_latest(rows: &[Value]) -> BTreeMap<String, &Value> {
     latest
 }
 
-async fn run_to_end(m: &Arc<Manager>, query: &str) {
+pub(crate) async fn run_to_end(m: &Arc<Manager>, query: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let q = m.query_state(query).expect("query exists");

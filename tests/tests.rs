@@ -2,6 +2,7 @@
 //! suite links DataFusion once.
 
 mod api;
+mod archive;
 mod browser;
 mod cli;
 mod differential;

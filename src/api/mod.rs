@@ -46,6 +46,8 @@ pub struct ApiOptions {
     /// The server's data directory, where embedded tables live (`GET /tables/…`);
     /// `None`: no embedded tables.
     pub data_dir: Option<std::path::PathBuf>,
+    /// Row limit, timeout and memory of `POST /query`.
+    pub adhoc: crate::adhoc::Limits,
 }
 
 impl Default for ApiOptions {
@@ -55,6 +57,7 @@ impl Default for ApiOptions {
             max_ingest_bytes: 16 << 20,
             max_sql_bytes: 1 << 20,
             data_dir: None,
+            adhoc: crate::adhoc::Limits::default(),
         }
     }
 }
@@ -93,7 +96,12 @@ pub fn app(manager: Arc<Manager>, options: ApiOptions) -> Router {
         )
         .route("/sinks", get(list_sinks))
         .route("/sinks/{name}", get(get_sink).delete(delete_sink))
+        .route("/tables", get(list_tables))
         .route("/tables/{name}/items", get(table_items))
+        .route(
+            "/query",
+            post(adhoc_query).layer(DefaultBodyLimit::max(sql_limit)),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/", get(dashboard))
@@ -444,6 +452,80 @@ async fn ingest(
         "rejected": rejected.len(),
         "errors": rejected,
     })))
+}
+
+/// `GET /tables`: what ad hoc SQL can query (archive sinks and embedded tables).
+async fn list_tables(State(state): State<AppState>) -> Json<Value> {
+    let sources = state.manager.adhoc_sources();
+    Json(Value::Array(
+        crate::adhoc::table_names(&sources)
+            .into_iter()
+            .map(|(name, kind)| json!({"name": name, "kind": kind}))
+            .collect(),
+    ))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryRequest {
+    sql: String,
+    #[serde(default)]
+    limit: Option<usize>,
+    /// json (default), csv or arrow; else taken from the Accept header.
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// `POST /query {"sql", "limit"?, "format"?}`: one read-only statement over archives
+/// and embedded tables, answered as JSON, CSV or Arrow IPC.
+async fn adhoc_query(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    use crate::adhoc::{self, OutputFormat};
+    let req: QueryRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be JSON {{\"sql\": \"SELECT …\", \"limit\"?: n, \"format\"?: \"json|csv|arrow\"}}: {e}"
+        ))
+    })?;
+    let format = match req.format.as_deref() {
+        Some(f) => OutputFormat::parse(f)?,
+        None => {
+            let accept = headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if accept.contains("text/csv") {
+                OutputFormat::Csv
+            } else if accept.contains("application/vnd.apache.arrow.stream") {
+                OutputFormat::Arrow
+            } else {
+                OutputFormat::Json
+            }
+        }
+    };
+    if format == OutputFormat::Table {
+        return Err(ApiError::bad_request("format must be json, csv or arrow"));
+    }
+    let sources = state.manager.adhoc_sources();
+    let out = adhoc::run(&req.sql, req.limit, &sources, &state.options.adhoc).await?;
+    let body = out.encode(format)?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, format.content_type().to_string()),
+            (
+                header::HeaderName::from_static("x-sluice-row-count"),
+                out.rows.to_string(),
+            ),
+            (
+                header::HeaderName::from_static("x-sluice-truncated"),
+                out.truncated.to_string(),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// Most items one `GET /tables/{name}/items` returns.

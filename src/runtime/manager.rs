@@ -552,7 +552,12 @@ impl Manager {
             return Ok(s.tx.clone());
         }
         let def = &inner.catalog.sinks[name];
-        let mut sink = sinks::build(&def.connector, &def.options, &self.options.connectors.sinks)?;
+        let mut sink = sinks::build(
+            name,
+            &def.connector,
+            &def.options,
+            &self.options.connectors.sinks,
+        )?;
         let (tx, mut rx) = mpsc::channel::<RecordBatch>(SINK_CHANNEL);
         let state = Arc::new(SinkState {
             health: sink.health(),
@@ -697,6 +702,13 @@ impl Manager {
         self.lock().catalog.clone()
     }
 
+    /// What ad hoc SQL may read: the catalog's archive sinks and the data directory's
+    /// embedded tables, through the objects this process's sinks write.
+    pub fn adhoc_sources(&self) -> crate::adhoc::Sources {
+        let inner = self.lock();
+        crate::adhoc::Sources::of_catalog(&inner.catalog, &self.options.connectors.sinks, true)
+    }
+
     pub fn query_states(&self) -> Vec<Arc<QueryState>> {
         self.lock().queries.values().cloned().collect()
     }
@@ -819,6 +831,36 @@ impl Manager {
 
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A persisted catalog, read without a server and without checking connectors (for
+/// `sluice query`, which finds archives through it). An absent file is an empty one.
+pub fn persisted_catalog(catalog_file: &std::path::Path) -> Result<Catalog> {
+    let persisted = match std::fs::read_to_string(catalog_file) {
+        Ok(text) => serde_json::from_str::<Persisted>(&text).map_err(|e| {
+            Error::external(format!(
+                "catalog file {} is unreadable: {e}",
+                catalog_file.display()
+            ))
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Catalog::new()),
+        Err(e) => {
+            return Err(Error::external(format!(
+                "cannot read {}: {e}",
+                catalog_file.display()
+            )));
+        }
+    };
+    let mut catalog = Catalog::new();
+    for o in persisted
+        .sinks
+        .iter()
+        .chain(&persisted.streams)
+        .chain(&persisted.queries)
+    {
+        catalog.apply(&o.sql, &crate::catalog::AnyConnector)?;
+    }
+    Ok(catalog)
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]

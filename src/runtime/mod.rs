@@ -99,11 +99,11 @@ impl ConnectorCheck for Connectors {
         o.take("connector");
         sources::build(connector, &o, &self.sources).map(|_| ())
     }
-    fn check_sink(&self, connector: &str, options: &Options) -> Result<()> {
+    fn check_sink(&self, name: &str, connector: &str, options: &Options) -> Result<()> {
         self.check_files(connector, options)?;
         let mut o = options.clone();
         o.take("connector");
-        sinks::build(connector, &o, &self.sinks).map(|_| ())
+        sinks::build(name, connector, &o, &self.sinks).map(|_| ())
     }
 }
 

@@ -6,6 +6,7 @@
 //!
 //! One file per connector; [`build`] is the one place connectors are registered.
 
+pub mod archive;
 pub mod dynamodb;
 pub mod file;
 pub mod items;
@@ -50,14 +51,24 @@ pub struct SinkContext {
     pub data_dir: Option<PathBuf>,
 }
 
-pub const CONNECTORS: [&str; 7] = [
-    "dynamodb", "file", "kinesis", "mqtt", "redis", "stdout", "table",
+pub const CONNECTORS: [&str; 8] = [
+    "archive", "dynamodb", "file", "kinesis", "mqtt", "redis", "stdout", "table",
 ];
 
-pub fn build(connector: &str, options: &Options, ctx: &SinkContext) -> Result<Box<dyn Sink>> {
+/// Builds the sink `name` (checking its options); nothing is connected or spawned
+/// until the first write, so building is also how a CREATE SINK is validated.
+pub fn build(
+    name: &str,
+    connector: &str,
+    options: &Options,
+    ctx: &SinkContext,
+) -> Result<Box<dyn Sink>> {
     let mut options = options.clone();
     options.expand_env()?;
     match connector {
+        "archive" => Ok(Box::new(archive::ArchiveSink::from_options(
+            name, options, ctx,
+        )?)),
         "dynamodb" => Ok(Box::new(dynamodb::DynamoDbSink::from_options(options)?)),
         "file" => Ok(Box::new(file::FileSink::from_options(options, ctx)?)),
         "kinesis" => Ok(Box::new(kinesis::KinesisSink::from_options(options)?)),

@@ -1,0 +1,505 @@
+//! Ad hoc SQL over what the pipelines stored (beside the data flow, reading its ends):
+//! every `archive` sink is a table over its objects (a DataFusion ListingTable with the
+//! sink's Hive partition columns, so a filter on `dt`/`hour` skips other partitions),
+//! and every embedded alert table is a table of its items. Used by `POST /query` and
+//! `sluice query`.
+//!
+//! The SQL is untrusted: only one read-only statement (`SELECT`, `WITH`, `VALUES`,
+//! `EXPLAIN` of those) runs; DDL, DML, `COPY` and `SET` are refused before planning, and
+//! no table can name a file or URL (only the tables registered here exist). Each
+//! query runs in its own session with a memory pool (no spilling to disk), a timeout
+//! and a row limit.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::datasource::MemTable;
+use datafusion::datasource::file_format::json::JsonFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::SQLOptions;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{SetExpr, Statement};
+use futures::StreamExt;
+
+use crate::catalog::{Catalog, SinkDef};
+use crate::error::{Error, Position, Result};
+use crate::sinks::SinkContext;
+use crate::sinks::archive::{ArchiveConfig, Format};
+use crate::tables;
+
+/// Limits of one ad hoc query.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Rows returned when the request names no limit.
+    pub default_rows: usize,
+    /// Most rows a request may ask for.
+    pub max_rows: usize,
+    pub timeout: Duration,
+    /// Memory for the query's operators (sorts, aggregates, joins); beyond it the
+    /// query fails instead of growing.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            default_rows: 1_000,
+            max_rows: 100_000,
+            timeout: Duration::from_secs(30),
+            memory_bytes: 256 << 20,
+        }
+    }
+}
+
+/// What ad hoc SQL can see.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Sinks of the catalog (the `archive` ones become tables).
+    pub sinks: Vec<SinkDef>,
+    /// The output schema of a query writing each sink: an archive with no object yet
+    /// is an empty table of that schema.
+    pub schemas: HashMap<String, SchemaRef>,
+    /// Where embedded tables live (the server's data directory).
+    pub data_dir: Option<PathBuf>,
+    /// How the sinks were built (data dir for default archive paths).
+    pub sink_context: SinkContext,
+    /// True inside the server: embedded tables are read through the objects its sinks
+    /// write; false for a separate process (`sluice query`), which reads their logs.
+    pub shared_tables: bool,
+}
+
+/// A finished ad hoc query.
+#[derive(Debug)]
+pub struct QueryOutput {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub rows: usize,
+    /// More rows existed than the limit let through.
+    pub truncated: bool,
+    pub elapsed: Duration,
+}
+
+/// Runs one read-only statement; `limit` defaults to and is capped by `limits`.
+pub async fn run(
+    sql: &str,
+    limit: Option<usize>,
+    sources: &Sources,
+    limits: &Limits,
+) -> Result<QueryOutput> {
+    let started = Instant::now();
+    let limit = limit.unwrap_or(limits.default_rows);
+    if limit > limits.max_rows {
+        return Err(Error::user(format!(
+            "limit {limit} is above the most rows a query may return ({})",
+            limits.max_rows
+        )));
+    }
+    let work = async {
+        let ctx = session(limits)?;
+        let state = ctx.state();
+        let statement = state
+            .sql_to_statement(sql, &datafusion::config::Dialect::Generic)
+            .map_err(sql_error)?;
+        check_read_only(&statement)?;
+        let references = state
+            .resolve_table_references(&statement)
+            .map_err(sql_error)?;
+        for r in references {
+            register(&ctx, r.table(), sources).await?;
+        }
+        let plan = state
+            .statement_to_plan(statement)
+            .await
+            .map_err(sql_error)?;
+        // Defence in depth: the statement check above already refused these.
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)
+            .map_err(sql_error)?;
+        let df = ctx.execute_logical_plan(plan).await.map_err(sql_error)?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let mut stream = df.execute_stream().await.map_err(Error::from)?;
+        let (mut batches, mut rows, mut truncated) = (Vec::new(), 0usize, false);
+        while let Some(b) = stream.next().await {
+            let b = b.map_err(Error::from)?;
+            let room = limit - rows;
+            if b.num_rows() > room {
+                truncated = true;
+                if room > 0 {
+                    batches.push(b.slice(0, room));
+                    rows += room;
+                }
+                break;
+            }
+            rows += b.num_rows();
+            batches.push(b);
+        }
+        Ok::<_, Error>(QueryOutput {
+            schema,
+            batches,
+            rows,
+            truncated,
+            elapsed: started.elapsed(),
+        })
+    };
+    match tokio::time::timeout(limits.timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::user(format!(
+            "the query ran longer than {} s and was stopped; narrow it (a filter on the \
+             partition columns skips whole partitions)",
+            limits.timeout.as_secs()
+        ))),
+    }
+}
+
+/// The names ad hoc SQL can query: archive sinks and embedded tables, with what
+/// each is.
+pub fn table_names(sources: &Sources) -> Vec<(String, &'static str)> {
+    let mut out: Vec<(String, &'static str)> = sources
+        .sinks
+        .iter()
+        .filter(|s| s.connector == "archive")
+        .map(|s| (s.name.clone(), "archive"))
+        .collect();
+    if let Some(dir) = &sources.data_dir {
+        for t in tables::names(dir) {
+            if !out.iter().any(|(n, _)| *n == t) {
+                out.push((t, "table"));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn session(limits: &Limits) -> Result<SessionContext> {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(limits.memory_bytes, 1.0)
+        // A query over the memory limit fails; it never fills the disk either.
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+        )
+        .build_arc()?;
+    let mut config = SessionConfig::new()
+        .with_information_schema(false)
+        .with_target_partitions(2);
+    // Positions for planning errors. URL tables (`SELECT * FROM 'file.csv'`) stay
+    // off (DataFusion's default): only the tables registered here exist.
+    let opts = config.options_mut();
+    opts.sql_parser.collect_spans = true;
+    // Case-sensitive identifiers, as in continuous queries: `deviceId` as written.
+    opts.sql_parser.enable_ident_normalization = false;
+    Ok(SessionContext::new_with_config_rt(config, runtime))
+}
+
+/// Refuses everything but a query (or EXPLAIN of one): SET would change limits, and
+/// DDL/DML/COPY would read or write files.
+fn check_read_only(s: &DfStatement) -> Result<()> {
+    let query = match s {
+        DfStatement::Statement(st) => match st.as_ref() {
+            Statement::Query(q) => Some(q),
+            Statement::Explain { statement, .. } => match statement.as_ref() {
+                Statement::Query(q) => Some(q),
+                _ => None,
+            },
+            _ => None,
+        },
+        DfStatement::Explain(e) => match e.statement.as_ref() {
+            DfStatement::Statement(st) => match st.as_ref() {
+                Statement::Query(q) => Some(q),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    };
+    match query {
+        Some(q)
+            if !matches!(
+                q.body.as_ref(),
+                SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)
+            ) =>
+        {
+            if let SetExpr::Select(sel) = q.body.as_ref()
+                && sel.into.is_some()
+            {
+                return Err(Error::user(
+                    "SELECT INTO creates a table: ad hoc SQL is read-only",
+                ));
+            }
+            Ok(())
+        }
+        _ => Err(Error::user_at(
+            "ad hoc SQL is read-only: one SELECT (or WITH … SELECT, VALUES, EXPLAIN) per request",
+            Position { line: 1, column: 1 },
+        )),
+    }
+}
+
+/// Registers the table `name` if it is an archive sink or an embedded table; an
+/// unknown name is left to the planner, whose error lists no files.
+async fn register(ctx: &SessionContext, name: &str, sources: &Sources) -> Result<()> {
+    if let Some(def) = sources
+        .sinks
+        .iter()
+        .find(|s| s.name == name && s.connector == "archive")
+    {
+        return register_archive(ctx, def, sources).await;
+    }
+    let Some(dir) = &sources.data_dir else {
+        return Ok(());
+    };
+    if !tables::exists(dir, name) {
+        return Ok(());
+    }
+    let batches = if sources.shared_tables {
+        tables::open(dir, name)?.to_record_batches()?
+    } else {
+        tables::read_from_disk(dir, name)?.to_record_batches()?
+    };
+    let Some(schema) = batches.first().map(|b| b.schema()) else {
+        return Err(Error::user(format!("table '{name}' holds no items yet")));
+    };
+    let table = MemTable::try_new(schema, vec![batches])?;
+    ctx.register_table(name, Arc::new(table))?;
+    Ok(())
+}
+
+async fn register_archive(ctx: &SessionContext, def: &SinkDef, sources: &Sources) -> Result<()> {
+    let mut options = def.options.clone();
+    options.expand_env()?;
+    let config = ArchiveConfig::from_options(&def.name, &mut options, &sources.sink_context)?;
+    let gzip = matches!(config.format, Format::Json { gzip: true });
+    if gzip {
+        return Err(Error::user(format!(
+            "archive '{}' holds gzip JSON lines, which ad hoc SQL does not read; archive \
+             as Parquet (the default) or uncompressed JSON to query it",
+            def.name
+        )));
+    }
+    let loc = &config.location;
+    let url = ListingTableUrl::parse(loc.table_url())?;
+    if loc.root_url != "file:///" {
+        let root = ObjectStoreUrl::parse(&loc.root_url)?;
+        ctx.register_object_store(root.as_ref(), Arc::clone(&loc.store));
+    }
+    let partition_cols = config
+        .partitions
+        .columns
+        .iter()
+        .map(|c| (c.clone(), DataType::Utf8))
+        .collect();
+    let listing = match config.format {
+        Format::Parquet(_) => ListingOptions::new(Arc::new(ParquetFormat::default())),
+        Format::Json { .. } => ListingOptions::new(Arc::new(JsonFormat::default())),
+    }
+    .with_file_extension(config.format.extension())
+    .with_table_partition_cols(partition_cols);
+    let state = ctx.state();
+    let table_config = match ListingTableConfig::new(url.clone())
+        .with_listing_options(listing.clone())
+        .infer_schema(&state)
+        .await
+    {
+        Ok(c) => c,
+        // No object yet (before the first flush): an empty table with the schema of
+        // the query that writes the archive.
+        Err(e) => match sources.schemas.get(&def.name) {
+            Some(schema) => ListingTableConfig::new(url)
+                .with_listing_options(listing)
+                .with_schema(Arc::clone(schema)),
+            None => {
+                return Err(Error::user(format!(
+                    "archive '{}' ({}) cannot be read yet: {} (no query writes it, and it \
+                     has no objects)",
+                    def.name,
+                    config.describe,
+                    Error::from(e)
+                )));
+            }
+        },
+    };
+    let table = ListingTable::try_new(table_config)?;
+    ctx.register_table(def.name.as_str(), Arc::new(table))?;
+    Ok(())
+}
+
+/// A parse or planning error, positioned where DataFusion or the parser says.
+fn sql_error(e: DataFusionError) -> Error {
+    if let DataFusionError::SQL(p, _) = e.find_root() {
+        return crate::sql::parser::parser_error(p.as_ref().clone());
+    }
+    let span = e.diagnostic().and_then(|d| d.span);
+    let err = Error::from(e);
+    match span {
+        Some(s) if s.start.line > 0 => err.or_at(Position {
+            line: s.start.line,
+            column: s.start.column,
+        }),
+        _ => err,
+    }
+}
+
+impl Sources {
+    /// The archive sinks (and schemas) of a catalog, the embedded tables of the data
+    /// directory in `ctx`.
+    pub fn of_catalog(catalog: &Catalog, ctx: &SinkContext, shared_tables: bool) -> Self {
+        let mut schemas = HashMap::new();
+        for q in catalog.queries.values() {
+            if let Some(sink) = &q.sink {
+                schemas
+                    .entry(sink.clone())
+                    .or_insert_with(|| Arc::clone(&q.plan.output_schema));
+            }
+        }
+        Sources {
+            sinks: catalog.sinks.values().cloned().collect(),
+            schemas,
+            data_dir: ctx.data_dir.clone(),
+            sink_context: ctx.clone(),
+            shared_tables,
+        }
+    }
+}
+
+/// Where ad hoc SQL finds tables when run outside the server: the data directory's
+/// persisted catalog (for archive sinks) and its embedded tables.
+pub fn sources_from_data_dir(dir: &Path) -> Result<Sources> {
+    let catalog = crate::runtime::manager::persisted_catalog(&dir.join("catalog.json"))?;
+    let ctx = SinkContext {
+        file_root: None,
+        data_dir: Some(dir.to_path_buf()),
+    };
+    Ok(Sources::of_catalog(&catalog, &ctx, false))
+}
+
+/// How a result is returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// `{columns, rows, row_count, truncated, elapsed_ms}`.
+    Json,
+    Csv,
+    /// Arrow IPC stream (`application/vnd.apache.arrow.stream`).
+    Arrow,
+    /// An aligned text table (the CLI's default).
+    Table,
+}
+
+impl OutputFormat {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "json" => Ok(OutputFormat::Json),
+            "csv" => Ok(OutputFormat::Csv),
+            "arrow" | "ipc" | "arrow-ipc" => Ok(OutputFormat::Arrow),
+            "table" | "text" => Ok(OutputFormat::Table),
+            other => Err(Error::user(format!(
+                "format '{other}' is not one of json, csv, arrow, table"
+            ))),
+        }
+    }
+
+    pub fn content_type(&self) -> &'static str {
+        match self {
+            OutputFormat::Json => "application/json",
+            OutputFormat::Csv => "text/csv; charset=utf-8",
+            OutputFormat::Arrow => "application/vnd.apache.arrow.stream",
+            OutputFormat::Table => "text/plain; charset=utf-8",
+        }
+    }
+}
+
+impl QueryOutput {
+    /// The result encoded as `format`.
+    pub fn encode(&self, format: OutputFormat) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        match format {
+            OutputFormat::Json => {
+                let mut rows = Vec::new();
+                crate::sinks::to_json_array(
+                    &datafusion::arrow::compute::concat_batches(&self.schema, &self.batches)?,
+                    &mut rows,
+                )?;
+                let rows: serde_json::Value = serde_json::from_slice(&rows)
+                    .map_err(|e| Error::internal(format!("result rows as JSON: {e}")))?;
+                let columns: Vec<serde_json::Value> = self
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| serde_json::json!({"name": f.name(), "type": f.data_type().to_string()}))
+                    .collect();
+                let doc = serde_json::json!({
+                    "columns": columns,
+                    "rows": rows,
+                    "row_count": self.rows,
+                    "truncated": self.truncated,
+                    "elapsed_ms": self.elapsed.as_secs_f64() * 1000.0,
+                });
+                serde_json::to_writer(&mut out, &doc)
+                    .map_err(|e| Error::internal(format!("result as JSON: {e}")))?;
+            }
+            OutputFormat::Csv => {
+                if !self.batches.is_empty() {
+                    let mut w = datafusion::arrow::csv::WriterBuilder::new()
+                        .with_header(true)
+                        .build(&mut out);
+                    for b in &self.batches {
+                        w.write(b)?;
+                    }
+                } else {
+                    let header: Vec<&str> = self
+                        .schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect();
+                    out.extend_from_slice(header.join(",").as_bytes());
+                    out.push(b'\n');
+                }
+            }
+            OutputFormat::Arrow => {
+                let mut w =
+                    datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut out, &self.schema)?;
+                for b in &self.batches {
+                    w.write(b)?;
+                }
+                w.finish()?;
+            }
+            OutputFormat::Table => {
+                let t = datafusion::arrow::util::pretty::pretty_format_batches_with_schema(
+                    Arc::clone(&self.schema),
+                    &self.batches,
+                )?;
+                out.extend_from_slice(t.to_string().as_bytes());
+                out.push(b'\n');
+                let more = if self.truncated {
+                    " (truncated at the limit)"
+                } else {
+                    ""
+                };
+                out.extend_from_slice(
+                    format!(
+                        "{} row(s){more} in {:.1} ms\n",
+                        self.rows,
+                        self.elapsed.as_secs_f64() * 1000.0
+                    )
+                    .as_bytes(),
+                );
+            }
+        }
+        Ok(out)
+    }
+}
