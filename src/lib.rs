@@ -3,7 +3,7 @@
 //! ```text
 //!  sources/            decode.rs            engine/                         sinks/
 //!  mqtt, kinesis,  ─> bytes → Arrow ─> watermark ─> query operators ─> redis, mqtt, kinesis,
-//!  http, file, sim     (bad → errors)   per stream   (planned by sql/)   dynamodb, table, file…
+//!  http, file, sim     (bad → errors)   per stream   (planned by sql/)   dynamodb, table, archive…
 //!  (one file each)                                                       (one file each)
 //!
 //!  sql/      CREATE STREAM / SINK / QUERY, INSERT INTO … SELECT → QueryPlan (DataFusion)
@@ -24,7 +24,8 @@
 //!
 //! Imports run one way: `main → runtime`; the runtime uses `catalog → sql → engine →
 //! decode` on one side and `sources`, `sinks` on the other; `simulate` borrows only the
-//! simulator source's readings; everything may use `error`.
+//! simulator source's readings; `adhoc` reads what `sinks/archive.rs` and `tables`
+//! wrote, with their settings; everything may use `error`.
 
 pub mod adhoc;
 pub mod api;

@@ -166,6 +166,42 @@ pub(super) async fn document() -> Json<Value> {
             } },
             "/sinks": sinks,
             "/sinks/{name}": sink,
+            "/tables": { "get": {
+                "summary": "What ad hoc SQL can query: archive sinks and embedded tables",
+                "security": secured,
+                "responses": {
+                    "200": json_response("the tables", json!({ "type": "array", "items": { "type": "object", "required": ["name", "kind"], "properties": {
+                        "name": { "type": "string" }, "kind": { "type": "string", "enum": ["archive", "table"] }
+                    } } })),
+                    "401": error_response("missing or wrong token")
+                }
+            } },
+            "/query": { "post": {
+                "summary": "One read-only SQL statement over archives and embedded tables (JSON, CSV or Arrow IPC)",
+                "security": secured,
+                "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["sql"], "additionalProperties": false, "properties": {
+                        "sql": { "type": "string" },
+                        "limit": { "type": "integer", "minimum": 0, "maximum": 100000 },
+                        "format": { "type": "string", "enum": ["json", "csv", "arrow"] }
+                    }
+                } } } },
+                "responses": {
+                    "200": { "description": "the rows", "content": {
+                        "application/json": { "schema": { "type": "object", "required": ["columns", "rows", "row_count", "truncated"], "properties": {
+                            "columns": { "type": "array", "items": { "type": "object" } },
+                            "rows": { "type": "array", "items": { "type": "object" } },
+                            "row_count": { "type": "integer" }, "truncated": { "type": "boolean" },
+                            "elapsed_ms": { "type": "number" }
+                        } } },
+                        "text/csv": { "schema": { "type": "string" } },
+                        "application/vnd.apache.arrow.stream": { "schema": { "type": "string", "format": "binary" } }
+                    } },
+                    "400": error_response("not a read-only query, bad SQL (with its position), over a limit"),
+                    "401": error_response("missing or wrong token"),
+                    "503": error_response("a store could not be read")
+                }
+            } },
             "/tables/{name}/items": { "get": {
                 "summary": "Items of an embedded table ('table' sink), in key order; the sort-key range is inclusive",
                 "security": secured,
