@@ -197,7 +197,14 @@ async fn local_parquet_archive_is_partitioned_read_by_pyarrow_replayed_in_place_
     // Nothing flushed yet (an hour's interval): an empty table of the query's schema.
     let empty = sql(&m, "SELECT count(*) AS n, max(ts) AS t FROM arch").await;
     assert_eq!(empty, [json!({"n": 0})]);
-    finish(&m, &["q"]).await;
+    run_to_end(&m, "q").await;
+    let health = m.sink_state("arch").unwrap().health.clone().unwrap();
+    finish(&m, &[]).await;
+    let health = health.to_json();
+    assert_eq!(
+        health["skipped"], 6,
+        "rows sent to _errors/ are counted: {health}"
+    );
     let files = python(READ_LOCAL, &[archive.to_str().unwrap()]);
     let names = check_files(&files, &rows);
     let hours: BTreeSet<&str> = names.iter().map(|n| &n[..22]).collect();

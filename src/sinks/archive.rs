@@ -564,7 +564,12 @@ impl Writer {
             );
             return self.add_errors(&batch, &reason);
         }
-        let Some(times) = partition_times(&batch, self.config.partition_by.as_deref())? else {
+        let times = match partition_times(&batch, self.config.partition_by.as_deref()) {
+            Ok(t) => t,
+            // A partition_by that does not fit the rows: they are kept, with the reason.
+            Err(e) => return self.add_errors(&batch, &e.to_string()),
+        };
+        let Some(times) = times else {
             // No event time in the rows: the time they reached the sink.
             let key = self
                 .config
@@ -659,6 +664,12 @@ impl Writer {
             part.lines.extend_from_slice(b"}\n");
             self.bytes += part.lines.len() - before;
         }
+        // Counted as skipped in the sink's health: an operator sees them without
+        // listing the store.
+        self.health.skipped(
+            batch.num_rows() as u64,
+            Some(format!("to _errors/: {reason}")),
+        );
         tracing::warn!(sink = %self.config.name, "rows go to the archive's _errors/: {reason}");
         Ok(())
     }
