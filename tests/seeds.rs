@@ -110,14 +110,16 @@ struct Seed {
     broker: Mosquitto,
     redis: RedisServer,
     server: Server,
+    /// The server's data directory.
+    data: std::path::PathBuf,
 }
 
 impl Seed {
-    fn start(name: &str, app: &str, stream: &str) -> Seed {
+    fn start(name: &str, apps: &[&str], stream: &str) -> Seed {
         let broker = Mosquitto::start();
         let redis = RedisServer::start();
         let dir = scratch(name);
-        let apps = copy_app(&dir, &[app]);
+        let apps = copy_app(&dir, apps);
         let data = dir.join("data");
         let server = Server::start(
             &dir,
@@ -135,6 +137,7 @@ impl Seed {
             broker,
             redis,
             server,
+            data,
         }
     }
 }
@@ -147,7 +150,8 @@ async fn seed003_climate_data_model_key_by_key() {
         broker,
         redis,
         server,
-    } = Seed::start("seed003", "seed003_climate.sql", "temp_readings");
+        ..
+    } = Seed::start("seed003", &["seed003_climate.sql"], "temp_readings");
 
     let mut conn = redis
         .client()
@@ -283,8 +287,13 @@ async fn seed000_count_latest_and_notification() {
     let Seed {
         broker,
         redis,
-        server: _server,
-    } = Seed::start("seed000", "seed000_sensor_count.sql", "sensor_messages");
+        mut server,
+        data,
+    } = Seed::start(
+        "seed000",
+        &["seed000_sensor_count.sql", "seed000_sensor_raw_archive.sql"],
+        "sensor_messages",
+    );
     let mut conn = redis
         .client()
         .get_multiplexed_async_connection()
@@ -335,4 +344,31 @@ async fn seed000_count_latest_and_notification() {
         .await
         .unwrap();
     assert_eq!(n, 250);
+
+    // The Firehose half: stopping writes the archive's buffer (60 s interval), and
+    // every message is in it, queryable with `sluice query` on the data directory.
+    let (status, _) = server.terminate();
+    assert!(status.success(), "{}", server.stderr_text());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "query",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--format",
+            "json",
+            "SELECT count(*) AS n, count(DISTINCT \"deviceId\") AS devices, \
+             sum(temperature) AS t, count(received_at) AS stamped FROM sensor_archive",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        doc["rows"],
+        json!([{"n": 250, "devices": 5, "t": (0..250).sum::<i64>() as f64, "stamped": 250}])
+    );
 }

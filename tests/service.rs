@@ -190,7 +190,7 @@ impl Server {
     }
 
     /// SIGTERM, then waits (bounded) for the exit.
-    fn terminate(&mut self) -> (ExitStatus, Duration) {
+    pub(crate) fn terminate(&mut self) -> (ExitStatus, Duration) {
         let start = Instant::now();
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
