@@ -22,7 +22,7 @@ use tower::ServiceExt;
 use crate::dynamodb::{Moto, run_to_end};
 use crate::service::{Server, scratch};
 use crate::services::Scratch;
-use crate::support::manager;
+use crate::support::{manager, sluice_query};
 
 /// 2026-11-21T12:00:00Z, ms.
 const T0: i64 = 1_795_262_400_000;
@@ -478,39 +478,11 @@ fn a_killed_server_leaves_no_partial_object_and_sluice_query_reads_the_rest() {
             "{name}"
         );
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "query",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--format",
-            "json",
-            "SELECT count(*) AS n FROM arch",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        doc["rows"][0]["n"], total,
-        "sluice query reads what pyarrow reads"
-    );
+    let rows = sluice_query(&data, "SELECT count(*) AS n FROM arch").unwrap();
+    assert_eq!(rows[0]["n"], total, "sluice query reads what pyarrow reads");
     // An error from the CLI: position and exit code 1.
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "query",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "SELECT nope FROM arch",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = sluice_query(&data, "SELECT nope FROM arch").unwrap_err();
+    assert_eq!(code, Some(1));
     assert!(err.contains("1:8: ") && err.contains("nope"), "{err}");
 }
 

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use crate::mosquitto::Mosquitto;
 use crate::service::{Server, scratch};
 use crate::services::RedisServer;
+use crate::support::sluice_query;
 
 fn copy_app(dir: &Path, files: &[&str]) -> std::path::PathBuf {
     let apps = dir.join("queries");
@@ -349,26 +350,14 @@ async fn seed000_count_latest_and_notification() {
     // every message is in it, queryable with `sluice query` on the data directory.
     let (status, _) = server.terminate();
     assert!(status.success(), "{}", server.stderr_text());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "query",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--format",
-            "json",
-            "SELECT count(*) AS n, count(DISTINCT \"deviceId\") AS devices, \
-             sum(temperature) AS t, count(received_at) AS stamped FROM sensor_archive",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = sluice_query(
+        &data,
+        "SELECT count(*) AS n, count(DISTINCT \"deviceId\") AS devices, \
+         sum(temperature) AS t, count(received_at) AS stamped FROM sensor_archive",
+    )
+    .unwrap();
     assert_eq!(
-        doc["rows"],
+        rows,
         json!([{"n": 250, "devices": 5, "t": (0..250).sum::<i64>() as f64, "stamped": 250}])
     );
 }

@@ -57,3 +57,27 @@ pub async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `sluice query --format json SQL` on a data directory: the answer's rows, or the
+/// exit code and stderr when it failed.
+pub fn sluice_query(data_dir: &Path, sql: &str) -> Result<Value, (Option<i32>, String)> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "query",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--format",
+            "json",
+            sql,
+        ])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
+    }
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    Ok(doc["rows"].clone())
+}

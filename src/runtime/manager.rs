@@ -294,31 +294,10 @@ impl Manager {
         let Some(path) = &self.options.catalog_file else {
             return Ok(0);
         };
-        let persisted = match std::fs::read_to_string(path) {
-            Ok(text) => serde_json::from_str::<Persisted>(&text).map_err(|e| {
-                Error::external(format!(
-                    "catalog file {} is unreadable: {e}",
-                    path.display()
-                ))
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => {
-                return Err(Error::external(format!(
-                    "cannot read {}: {e}",
-                    path.display()
-                )));
-            }
+        let Some(persisted) = Persisted::read(path)? else {
+            return Ok(0);
         };
-        let mut sql = String::new();
-        for o in persisted
-            .sinks
-            .iter()
-            .chain(&persisted.streams)
-            .chain(&persisted.queries)
-        {
-            sql.push_str(&o.sql);
-            sql.push_str(";\n");
-        }
+        let sql = persisted.sql();
         let mut inner = self.lock();
         inner
             .catalog
@@ -836,29 +815,9 @@ fn quote_ident(name: &str) -> String {
 /// A persisted catalog, read without a server and without checking connectors (for
 /// `sluice query`, which finds archives through it). An absent file is an empty one.
 pub fn persisted_catalog(catalog_file: &std::path::Path) -> Result<Catalog> {
-    let persisted = match std::fs::read_to_string(catalog_file) {
-        Ok(text) => serde_json::from_str::<Persisted>(&text).map_err(|e| {
-            Error::external(format!(
-                "catalog file {} is unreadable: {e}",
-                catalog_file.display()
-            ))
-        })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Catalog::new()),
-        Err(e) => {
-            return Err(Error::external(format!(
-                "cannot read {}: {e}",
-                catalog_file.display()
-            )));
-        }
-    };
     let mut catalog = Catalog::new();
-    for o in persisted
-        .sinks
-        .iter()
-        .chain(&persisted.streams)
-        .chain(&persisted.queries)
-    {
-        catalog.apply(&o.sql, &crate::catalog::AnyConnector)?;
+    if let Some(persisted) = Persisted::read(catalog_file)? {
+        catalog.apply(&persisted.sql(), &crate::catalog::AnyConnector)?;
     }
     Ok(catalog)
 }
@@ -869,6 +828,36 @@ struct Persisted {
     sinks: Vec<Object>,
     streams: Vec<Object>,
     queries: Vec<Object>,
+}
+
+impl Persisted {
+    /// The catalog file's contents; `None` when there is no file yet.
+    fn read(path: &std::path::Path) -> Result<Option<Persisted>> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
+                Error::external(format!(
+                    "catalog file {} is unreadable: {e}",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::external(format!(
+                "cannot read {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// Every object's statement, sinks then streams then queries (the order in which
+    /// they apply).
+    fn sql(&self) -> String {
+        let mut sql = String::new();
+        for o in self.sinks.iter().chain(&self.streams).chain(&self.queries) {
+            sql.push_str(&o.sql);
+            sql.push_str(";\n");
+        }
+        sql
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
