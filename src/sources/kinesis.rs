@@ -24,7 +24,8 @@
 //! calls, waits after a large read until the 2 MB/s budget allows the next one, polls
 //! an idle shard every `poll_interval` only, and backs off (100 ms doubling to 10 s)
 //! on ProvisionedThroughputExceeded and on any other failure, which shows in the
-//! stream's health. Enhanced fan-out (SubscribeToShard) is not implemented.
+//! stream's health; a refused call still counts, so backoff only adds to the spacing.
+//! Enhanced fan-out (SubscribeToShard) is not implemented.
 //!
 //! **Checkpoints.** With a data directory (`sluice serve`), the last sequence number
 //! of each shard whose chunk the stream's queries have processed (the chunk's
@@ -755,7 +756,9 @@ async fn read_shard(
                 };
                 shared.health.retrying(&what);
                 tracing::warn!(shard, "kinesis: {what}; retrying in {delay:?}");
-                next_call = Instant::now() + delay;
+                // A refused call still counts against the shard's 5 calls per second:
+                // the backoff adds to the spacing, it never shortens it.
+                next_call = next_call.max(Instant::now() + delay);
                 continue;
             }
         };
