@@ -3,7 +3,9 @@
 //! multi-shard stream exactly once with its metadata, NDJSON records, a restart that
 //! resumes from the checkpoints without loss, gap or re-read, a split and a merge
 //! during consumption keeping each partition key's order, and the sink's records
-//! with their partition keys.
+//! with their partition keys; and, through a fault-injecting proxy (`faults.rs`),
+//! GetRecords throttling (every record once, backoff, 5 calls/s per shard) and
+//! partially failed PutRecords calls (every row in the stream once).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -17,6 +19,7 @@ use serde_json::Value;
 use sluice::aws::AwsConnect;
 use sluice::runtime::Manager;
 
+use crate::faults::{Fault, FaultProxy, Rule};
 use crate::services::{Scratch, free_port};
 use crate::support::{manager, read_lines, records_in, wait_for};
 
@@ -76,6 +79,11 @@ impl KinesisLocal {
 
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Where a [`FaultProxy`] in front of it forwards to.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
     }
 
     /// The connector options that reach this emulator.
@@ -646,4 +654,229 @@ async fn the_source_backs_off_while_kinesis_or_the_stream_is_missing() {
         .map(|r| r["id"].as_i64().unwrap())
         .collect();
     assert_eq!(ids, (0..300).collect());
+}
+
+/// Connector options that reach Kinesis through `endpoint` (a fault proxy).
+fn options_via(endpoint: &str) -> String {
+    format!(
+        "endpoint = '{endpoint}', region = 'us-east-1', access_key_id = 'test', \
+         secret_access_key = 'test'"
+    )
+}
+
+/// Every shard's records, read from the start straight from the emulator, in order.
+async fn read_back(client: &Client, stream: &str) -> Vec<(String, Value)> {
+    let mut got = Vec::new();
+    let shards = client
+        .list_shards()
+        .stream_name(stream)
+        .send()
+        .await
+        .unwrap();
+    for s in shards.shards() {
+        let mut it = client
+            .get_shard_iterator()
+            .stream_name(stream)
+            .shard_id(s.shard_id())
+            .shard_iterator_type(ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .unwrap()
+            .shard_iterator()
+            .map(str::to_string);
+        while let Some(i) = it.take() {
+            let r = client.get_records().shard_iterator(i).send().await.unwrap();
+            if r.records().is_empty() {
+                break;
+            }
+            for rec in r.records() {
+                let v: Value = serde_json::from_slice(rec.data().as_ref()).unwrap();
+                got.push((rec.partition_key().to_string(), v));
+            }
+            it = r.next_shard_iterator().map(str::to_string);
+        }
+    }
+    got
+}
+
+/// GetRecords answered with ProvisionedThroughputExceeded: the first five calls on
+/// each shard in a row, then every third call, 40 in all. Every reading still arrives
+/// exactly once; the delay after each throttled call doubles (200 ms spacing, then
+/// 400, 800, 1600 ms); no shard is called more than 5 times in any second, throttled
+/// calls included; the stream's health counts the retries and names the throttling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn getrecords_throttling_delivers_every_record_once_with_backoff() {
+    let kinesis = KinesisLocal::start();
+    let client = kinesis.client().await;
+    create_stream(&client, "throttled", 2).await;
+    let puts = put_records(&client, "throttled", &readings(0..1500)).await;
+    let shards: BTreeSet<String> = puts.iter().map(|p| p.shard.clone()).collect();
+    assert_eq!(shards.len(), 2);
+    let proxy = FaultProxy::start(
+        kinesis.addr(),
+        vec![Rule::new(
+            "Kinesis_20131202.GetRecords",
+            Fault::Throttle,
+            40,
+            |i| i < 5 || i % 3 == 1,
+        )],
+    )
+    .await;
+
+    let dir = Scratch::new("kinesis-throttled");
+    let m = manager(Some(dir.path()));
+    m.apply(&format!(
+        "CREATE SINK out WITH (connector = 'file', path = '{}');
+         CREATE STREAM s (id BIGINT NOT NULL) WITH (connector = 'kinesis', stream = 'throttled',
+           start_position = 'TRIM_HORIZON', poll_interval = '50ms', max_records = '100', {});
+         CREATE QUERY q AS INSERT INTO out SELECT id FROM s;",
+        dir.path().join("out.jsonl").display(),
+        options_via(&proxy.endpoint()),
+    ))
+    .unwrap();
+    wait_for(
+        "all 1500 and every throttle injected",
+        Duration::from_secs(60),
+        || records_in(&m, "s") >= 1500 && proxy.budgets_left() == [0],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let health = source_health(&m, "s");
+    m.shutdown(Duration::from_secs(5)).await;
+
+    let ids: Vec<i64> = read_lines(&dir.path().join("out.jsonl"))
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1500, "each reading exactly once");
+    assert_eq!(
+        ids.iter().copied().collect::<BTreeSet<_>>(),
+        (0..1500).collect()
+    );
+
+    let calls = proxy.calls_of("GetRecords");
+    let throttled = calls.iter().filter(|c| c.throttled).count() as u64;
+    assert_eq!(throttled, 40);
+    assert!(
+        health["retries"].as_u64().unwrap() >= throttled,
+        "every throttled call is a retry in the health: {health}"
+    );
+    assert!(
+        health["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("ProvisionedThroughputExceeded")),
+        "{health}"
+    );
+    assert_eq!(health["status"], "connected", "{health}");
+    for shard in &shards {
+        let mine: Vec<&crate::faults::Call> = calls
+            .iter()
+            .filter(|c| c.shard.as_deref() == Some(shard))
+            .collect();
+        assert!(mine.len() > 10, "{shard}: {} calls", mine.len());
+        let gap = |i: usize| mine[i + 1].at.duration_since(mine[i].at).as_millis();
+        // The first five calls were throttled: 200 ms (the 5 calls/s spacing, longer
+        // than the first 100 ms backoff), then 200, 400, 800 and 1600 ms.
+        let gaps: Vec<u128> = (0..5).map(gap).collect();
+        for (g, want) in gaps.iter().zip([200, 200, 400, 800, 1600]) {
+            assert!(*g + 15 >= want, "{shard}: gaps after throttling {gaps:?}");
+        }
+        // At most 5 calls in any second: 6 calls in a row span at least a second.
+        for w in mine.windows(6) {
+            let span = w[5].at.duration_since(w[0].at).as_millis();
+            assert!(
+                span + 30 >= 1000,
+                "{shard}: 6 GetRecords calls within {span} ms"
+            );
+        }
+    }
+    eprintln!(
+        "GetRecords: {} calls, {throttled} throttled; health: {health}",
+        calls.len()
+    );
+}
+
+/// PutRecords answered with some records failed (ProvisionedThroughputExceeded per
+/// record, kept from the emulator by the proxy, 250 in all, some of them again on
+/// their retry) and two calls throttled as a whole: the stream ends up with every
+/// row exactly once, with its partition key, read straight from the emulator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partially_failed_putrecords_end_with_every_row_once() {
+    let kinesis = KinesisLocal::start();
+    let client = kinesis.client().await;
+    create_stream(&client, "refusing", 2).await;
+    let proxy = FaultProxy::start(
+        kinesis.addr(),
+        vec![
+            Rule::new("Kinesis_20131202.PutRecords", Fault::Throttle, 2, |i| {
+                i % 4 == 1
+            }),
+            Rule::new(
+                "Kinesis_20131202.PutRecords",
+                Fault::RefuseRecords(4),
+                250,
+                |_| true,
+            ),
+        ],
+    )
+    .await;
+    let dir = Scratch::new("kinesis-refusing");
+    let input = dir.path().join("in.jsonl");
+    let lines: String = (0..1200)
+        .map(|i| format!("{{\"id\": {i}, \"deviceId\": \"d{}\"}}\n", i % 9))
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    let m = manager(Some(dir.path()));
+    m.apply(&format!(
+        "CREATE SINK k WITH (connector = 'kinesis', stream = 'refusing',
+           partition_key = 'dev-{{deviceId}}', {});
+         CREATE STREAM s (id BIGINT NOT NULL, deviceId TEXT)
+           WITH (connector = 'file', path = '{}');
+         CREATE QUERY q AS INSERT INTO k SELECT id, deviceId FROM s;",
+        options_via(&proxy.endpoint()),
+        input.display()
+    ))
+    .unwrap();
+    // `write` returns only when Kinesis has every record of the batch.
+    wait_for(
+        "the sink to write 1200 rows",
+        Duration::from_secs(60),
+        || {
+            m.sink_state("k")
+                .is_some_and(|s| s.rows.load(std::sync::atomic::Ordering::Relaxed) >= 1200)
+        },
+    )
+    .await;
+    let health = m
+        .sink_state("k")
+        .and_then(|s| s.health.clone())
+        .map(|h| h.to_json())
+        .unwrap();
+    m.shutdown(Duration::from_secs(5)).await;
+
+    let got = read_back(&client, "refusing").await;
+    let ids: Vec<i64> = got.iter().map(|(_, v)| v["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids.len(), 1200, "each row exactly once in the stream");
+    assert_eq!(
+        ids.iter().copied().collect::<BTreeSet<_>>(),
+        (0..1200).collect()
+    );
+    for (key, v) in &got {
+        assert_eq!(key, &format!("dev-d{}", v["id"].as_i64().unwrap() % 9));
+    }
+
+    assert_eq!(proxy.budgets_left(), [0, 0], "every fault injected");
+    let calls = proxy.calls_of("PutRecords");
+    let partial = calls.iter().filter(|c| c.refused > 0).count() as u64;
+    let refused: usize = calls.iter().map(|c| c.refused).sum();
+    assert_eq!(refused, 250);
+    assert!(
+        health["retries"].as_u64().unwrap() >= partial + 2,
+        "a retry per partially failed or throttled call: {health}"
+    );
+    eprintln!(
+        "PutRecords: {} calls, {partial} partially failed ({refused} records refused), \
+         2 throttled; health: {health}",
+        calls.len()
+    );
 }
