@@ -58,9 +58,11 @@ pub fn build(connector: &str, options: &Options, ctx: &SinkContext) -> Result<Bo
     let mut options = options.clone();
     options.expand_env()?;
     match connector {
-        "dynamodb" => Ok(Box::new(dynamodb::DynamoDbSink::from_options(options)?)),
+        "dynamodb" => Ok(Box::new(dynamodb::DynamoDbSink::from_options(
+            options, ctx,
+        )?)),
         "file" => Ok(Box::new(file::FileSink::from_options(options, ctx)?)),
-        "kinesis" => Ok(Box::new(kinesis::KinesisSink::from_options(options)?)),
+        "kinesis" => Ok(Box::new(kinesis::KinesisSink::from_options(options, ctx)?)),
         "mqtt" => Ok(Box::new(mqtt::MqttSink::from_options(options, ctx)?)),
         "redis" => Ok(Box::new(redis::RedisSink::from_options(options)?)),
         "stdout" => Ok(Box::new(stdout::StdoutSink::from_options(options)?)),

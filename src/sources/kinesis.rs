@@ -137,7 +137,7 @@ pub struct KinesisSource {
 impl KinesisSource {
     pub fn from_options(mut o: Options, ctx: &SourceContext) -> Result<Self> {
         let at = o.position;
-        let connect = AwsConnect::from_options(&mut o)?;
+        let connect = AwsConnect::from_options(&mut o, ctx.file_root.as_ref())?;
         let stream_opt = o.take("stream").ok_or_else(|| {
             Error::user_at(
                 "the kinesis source needs option 'stream': the stream's name or ARN",
