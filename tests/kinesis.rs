@@ -23,9 +23,11 @@ use crate::faults::{Fault, FaultProxy, Rule};
 use crate::services::{Scratch, free_port};
 use crate::support::{manager, read_lines, records_in, wait_for};
 
-/// A kinesis-local server of its own, plain HTTP on a free port.
+/// A kinesis-local server of its own, plain HTTP on a free port (and TLS, with
+/// HTTP/2 for SubscribeToShard, on another).
 pub struct KinesisLocal {
     port: u16,
+    tls_port: u16,
     child: Child,
     _scratch: Scratch,
 }
@@ -37,24 +39,33 @@ impl KinesisLocal {
 
     /// Starts on a given port (for a test that points Sluice at it before it runs).
     pub fn start_on(port: u16) -> Self {
-        let scratch = Scratch::new("kinesis-local");
         let cert = kinesis_local_dir().join("server.json");
         assert!(
             cert.is_file(),
             "kinesis-local is not installed ({} missing): run .ci/install-deps",
             cert.display()
         );
+        Self::start_with(port, &cert, "WARN")
+    }
+
+    /// Starts with the TLS key and certificate of `cert` (kinesis-local's
+    /// `{"server": {"key": PEM, "cert": PEM}}`): the one kinesis-local ships has no
+    /// subject name and is X.509 v1, which rustls refuses whatever it trusts. At
+    /// `log_level` DEBUG the log names every request it processes ([`Self::log`]).
+    pub fn start_with(port: u16, cert: &std::path::Path, log_level: &str) -> Self {
+        let scratch = Scratch::new("kinesis-local");
+        let tls_port = free_port();
         let log = std::fs::File::create(scratch.path().join("kinesis.log")).unwrap();
         let child = Command::new("kinesis-local")
-            .env("KINESIS_MOCK_CERT_PATH", &cert)
+            .env("KINESIS_MOCK_CERT_PATH", cert)
             .env("KINESIS_MOCK_PLAIN_PORT", port.to_string())
-            .env("KINESIS_MOCK_TLS_PORT", free_port().to_string())
+            .env("KINESIS_MOCK_TLS_PORT", tls_port.to_string())
             // Streams and reshards take effect at once (the defaults wait 500 ms).
             .env("CREATE_STREAM_DURATION", "0ms")
             .env("SPLIT_SHARD_DURATION", "0ms")
             .env("MERGE_SHARDS_DURATION", "0ms")
             .env("SHARD_LIMIT", "100")
-            .env("LOG_LEVEL", "WARN")
+            .env("LOG_LEVEL", log_level)
             .current_dir(scratch.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -72,6 +83,7 @@ impl KinesisLocal {
         }
         KinesisLocal {
             port,
+            tls_port,
             child,
             _scratch: scratch,
         }
@@ -79,6 +91,16 @@ impl KinesisLocal {
 
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// What the emulator logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._scratch.path().join("kinesis.log")).unwrap_or_default()
+    }
+
+    /// The TLS port, where HTTP/2 (SubscribeToShard's event streams) is served.
+    pub fn https_endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.tls_port)
     }
 
     /// Where a [`FaultProxy`] in front of it forwards to.
@@ -878,5 +900,238 @@ async fn partially_failed_putrecords_end_with_every_row_once() {
         "PutRecords: {} calls, {partial} partially failed ({refused} records refused), \
          2 throttled; health: {health}",
         calls.len()
+    );
+}
+
+/// A kinesis-local whose TLS port presents a certificate for 127.0.0.1 signed by a
+/// test CA, logging every request; returns the emulator and the CA's PEM path
+/// (under `dir`).
+fn kinesis_local_with_tls(dir: &std::path::Path) -> (KinesisLocal, PathBuf) {
+    crate::mqtt::certificates(dir);
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let json =
+        serde_json::json!({"server": {"key": read("server.key"), "cert": read("server.pem")}});
+    let cert = dir.join("kinesis-server.json");
+    std::fs::write(&cert, json.to_string()).unwrap();
+    (
+        KinesisLocal::start_with(free_port(), &cert, "DEBUG"),
+        dir.join("ca.pem"),
+    )
+}
+
+/// Enhanced fan-out against kinesis-local over TLS and HTTP/2: the consumer is
+/// registered and reused, three shards are subscribed, every reading arrives once with
+/// its shard and sequence number, checkpoints are written, and a restart resumes
+/// each shard after its checkpoint without loss or re-read, keeping key order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn efo_subscribes_to_every_shard_and_resumes_from_checkpoints() {
+    let dir = Scratch::new("kinesis-efo");
+    let (kinesis, ca) = kinesis_local_with_tls(dir.path());
+    let client = kinesis.client().await;
+    create_stream(&client, "fanout", 3).await;
+    let puts = put_records(&client, "fanout", &readings(0..600)).await;
+    let shards: BTreeSet<&str> = puts.iter().map(|p| p.shard.as_str()).collect();
+    assert_eq!(shards.len(), 3);
+    let app = |file: &str| {
+        format!(
+            "CREATE SINK out WITH (connector = 'file', path = '{}');
+             CREATE STREAM s (id BIGINT NOT NULL, shard_id TEXT METADATA,
+                              sequence_number TEXT METADATA)
+               WITH (connector = 'kinesis', stream = 'fanout', consumer_type = 'efo',
+                     consumer_name = 'sluice-efo', start_position = 'TRIM_HORIZON',
+                     shard_discovery_interval = '500ms', endpoint = '{}', ca = '{}',
+                     region = 'us-east-1', access_key_id = 'test', secret_access_key = 'test');
+             CREATE QUERY q AS INSERT INTO out SELECT id, shard_id, sequence_number FROM s;",
+            dir.path().join(file).display(),
+            kinesis.https_endpoint(),
+            ca.display()
+        )
+    };
+    let first = manager(Some(dir.path()));
+    first.apply(&app("first.jsonl")).unwrap();
+    wait_for("the first 600 over EFO", Duration::from_secs(60), || {
+        records_in(&first, "s") >= 600
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let health = source_health(&first, "s");
+    first.shutdown(Duration::from_secs(5)).await;
+    let rows = read_lines(&dir.path().join("first.jsonl"));
+    assert_eq!(rows.len(), 600, "each reading once: {health}");
+    for r in &rows {
+        let put = &puts[r["id"].as_i64().unwrap() as usize];
+        assert_eq!(r["shard_id"], put.shard.as_str());
+        assert_eq!(r["sequence_number"], put.sequence.as_str());
+    }
+    let consumers = client
+        .list_stream_consumers()
+        .stream_arn(stream_arn(&client, "fanout").await)
+        .send()
+        .await
+        .unwrap();
+    let names: Vec<&str> = consumers
+        .consumers()
+        .iter()
+        .map(|c| c.consumer_name())
+        .collect();
+    assert_eq!(names, ["sluice-efo"]);
+    let cp: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("kinesis").join("sluice-efo.json")).unwrap(),
+    )
+    .unwrap();
+    for shard in &shards {
+        let last = puts
+            .iter()
+            .filter(|p| p.shard == *shard)
+            .map(|p| p.sequence.clone())
+            .max_by(|a, b| (a.len(), a).cmp(&(b.len(), b)))
+            .unwrap();
+        assert_eq!(cp["shards"][shard]["sequence"], last.as_str(), "{cp}");
+    }
+
+    // While Sluice is down, and after it is back.
+    put_records(&client, "fanout", &readings(600..900)).await;
+    let second = manager(Some(dir.path()));
+    second.apply(&app("second.jsonl")).unwrap();
+    put_records(&client, "fanout", &readings(900..1200)).await;
+    wait_for("the other 600 over EFO", Duration::from_secs(60), || {
+        records_in(&second, "s") >= 600
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    second.shutdown(Duration::from_secs(5)).await;
+    let ids: Vec<i64> = read_lines(&dir.path().join("second.jsonl"))
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        ids.iter().filter(|i| **i < 600).count(),
+        0,
+        "nothing the first run processed is read again"
+    );
+    assert_eq!(ids.len(), 600, "each remaining reading once");
+    assert_eq!(
+        ids.iter().copied().collect::<BTreeSet<_>>(),
+        (600..1200).collect()
+    );
+    let mut last: HashMap<i64, i64> = HashMap::new();
+    for id in ids {
+        let prev = last.insert(id % 17, id);
+        assert!(prev.is_none_or(|p| p < id), "reading {id} after {prev:?}");
+    }
+    // The consumer of the first run was reused, not registered again.
+    let consumers = client
+        .list_stream_consumers()
+        .stream_arn(stream_arn(&client, "fanout").await)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(consumers.consumers().len(), 1);
+    assert_read_through_efo(&kinesis);
+}
+
+async fn stream_arn(client: &Client, name: &str) -> String {
+    client
+        .describe_stream_summary()
+        .stream_name(name)
+        .send()
+        .await
+        .unwrap()
+        .stream_description_summary()
+        .unwrap()
+        .stream_arn()
+        .to_string()
+}
+
+/// A split while the stream is read through enhanced fan-out: the parent's
+/// subscription ends once it is drained, its children are subscribed after it, and
+/// every reading arrives once with each partition key's readings in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn efo_follows_a_split_without_loss_keeping_key_order() {
+    let dir = Scratch::new("kinesis-efo-split");
+    let (kinesis, ca) = kinesis_local_with_tls(dir.path());
+    let client = kinesis.client().await;
+    create_stream(&client, "efosplit", 2).await;
+    let m = manager(Some(dir.path()));
+    m.apply(&format!(
+        "CREATE SINK out WITH (connector = 'file', path = '{}');
+         CREATE STREAM s (id BIGINT NOT NULL, shard_id TEXT METADATA)
+           WITH (connector = 'kinesis', stream = 'efosplit', consumer_type = 'efo',
+                 start_position = 'TRIM_HORIZON', shard_discovery_interval = '200ms',
+                 endpoint = '{}', ca = '{}', region = 'us-east-1',
+                 access_key_id = 'test', secret_access_key = 'test');
+         CREATE QUERY q AS INSERT INTO out SELECT id, shard_id FROM s;",
+        dir.path().join("out.jsonl").display(),
+        kinesis.https_endpoint(),
+        ca.display()
+    ))
+    .unwrap();
+    put_records(&client, "efosplit", &readings(0..300)).await;
+    wait_for("the first readings", Duration::from_secs(60), || {
+        records_in(&m, "s") >= 1
+    })
+    .await;
+    let shards = client
+        .list_shards()
+        .stream_name("efosplit")
+        .send()
+        .await
+        .unwrap();
+    let first = &shards.shards()[0];
+    let range = first.hash_key_range().unwrap();
+    let lo: u128 = range.starting_hash_key().parse().unwrap();
+    let hi: u128 = range.ending_hash_key().parse().unwrap();
+    client
+        .split_shard()
+        .stream_name("efosplit")
+        .shard_to_split(first.shard_id())
+        .new_starting_hash_key(((lo + hi) / 2).to_string())
+        .send()
+        .await
+        .expect("SplitShard");
+    wait_active(&client, "efosplit").await;
+    put_records(&client, "efosplit", &readings(300..600)).await;
+    wait_for("all 600", Duration::from_secs(60), || {
+        records_in(&m, "s") >= 600
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    m.shutdown(Duration::from_secs(5)).await;
+    let rows = read_lines(&dir.path().join("out.jsonl"));
+    let ids: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids.len(), 600, "each reading once");
+    assert_eq!(
+        ids.iter().copied().collect::<BTreeSet<_>>(),
+        (0..600).collect()
+    );
+    let shards_seen: BTreeSet<&str> = rows
+        .iter()
+        .map(|r| r["shard_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        shards_seen.len(),
+        4,
+        "2 original, 2 from the split: {shards_seen:?}"
+    );
+    assert_read_through_efo(&kinesis);
+    let mut last: HashMap<i64, i64> = HashMap::new();
+    for id in ids {
+        let prev = last.insert(id % 17, id);
+        assert!(prev.is_none_or(|p| p < id), "reading {id} after {prev:?}");
+    }
+}
+
+/// The records came through SubscribeToShard, not GetRecords (these tests' own
+/// client never reads records).
+fn assert_read_through_efo(kinesis: &KinesisLocal) {
+    let log = kinesis.log();
+    let count = |op: &str| log.matches(&format!("Processing {op} request")).count();
+    assert!(count("SubscribeToShard") >= 1, "no SubscribeToShard call");
+    assert_eq!(count("GetRecords"), 0, "GetRecords called in EFO mode");
+    eprintln!(
+        "EFO: {} SubscribeToShard, {} RegisterStreamConsumer, {} DescribeStreamConsumer calls",
+        count("SubscribeToShard"),
+        count("RegisterStreamConsumer"),
+        count("DescribeStreamConsumer")
     );
 }
