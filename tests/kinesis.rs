@@ -800,15 +800,18 @@ async fn getrecords_throttling_delivers_every_record_once_with_backoff() {
         // The first five calls were throttled: 200 ms (the 5 calls/s spacing, longer
         // than the first 100 ms backoff), then 200, 400, 800 and 1600 ms.
         let gaps: Vec<u128> = (0..5).map(gap).collect();
+        // Times are taken where the proxy reads a request, so a busy machine can
+        // move one by some tens of milliseconds.
         for (g, want) in gaps.iter().zip([200, 200, 400, 800, 1600]) {
-            assert!(*g + 15 >= want, "{shard}: gaps after throttling {gaps:?}");
+            assert!(*g + 50 >= want, "{shard}: gaps after throttling {gaps:?}");
         }
-        // At most 5 calls in any second: 6 calls in a row span at least a second.
-        for w in mine.windows(6) {
-            let span = w[5].at.duration_since(w[0].at).as_millis();
+        // At most 5 calls a second: 11 calls in a row span at least 2 s. (Without the
+        // spacing after a throttled call, every third gap is ~100 ms: ~1.7 s.)
+        for w in mine.windows(11) {
+            let span = w[10].at.duration_since(w[0].at).as_millis();
             assert!(
-                span + 30 >= 1000,
-                "{shard}: 6 GetRecords calls within {span} ms"
+                span + 100 >= 2000,
+                "{shard}: 11 GetRecords calls within {span} ms"
             );
         }
     }
