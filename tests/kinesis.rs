@@ -5,7 +5,10 @@
 //! during consumption keeping each partition key's order, and the sink's records
 //! with their partition keys; and, through a fault-injecting proxy (`faults.rs`),
 //! GetRecords throttling (every record once, backoff, 5 calls/s per shard) and
-//! partially failed PutRecords calls (every row in the stream once).
+//! partially failed PutRecords calls (every row in the stream once). Enhanced fan-out
+//! runs against the emulator's TLS port (HTTP/2, with a certificate from a test CA):
+//! every shard subscribed, a restart from checkpoints, a split, and subscriptions
+//! broken by an emulator restart and taken up again, each record exactly once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -28,8 +31,10 @@ use crate::support::{manager, read_lines, records_in, wait_for};
 pub struct KinesisLocal {
     port: u16,
     tls_port: u16,
+    cert: PathBuf,
+    log_level: String,
     child: Child,
-    _scratch: Scratch,
+    scratch: Scratch,
 }
 
 impl KinesisLocal {
@@ -55,7 +60,30 @@ impl KinesisLocal {
     pub fn start_with(port: u16, cert: &std::path::Path, log_level: &str) -> Self {
         let scratch = Scratch::new("kinesis-local");
         let tls_port = free_port();
-        let log = std::fs::File::create(scratch.path().join("kinesis.log")).unwrap();
+        let child = Self::spawn(port, tls_port, cert, log_level, scratch.path());
+        KinesisLocal {
+            port,
+            tls_port,
+            cert: cert.to_path_buf(),
+            log_level: log_level.to_string(),
+            child,
+            scratch,
+        }
+    }
+
+    fn spawn(
+        port: u16,
+        tls_port: u16,
+        cert: &std::path::Path,
+        log_level: &str,
+        dir: &std::path::Path,
+    ) -> Child {
+        // Appended to: a restarted emulator adds to the log of the first.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("kinesis.log"))
+            .unwrap();
         let child = Command::new("kinesis-local")
             .env("KINESIS_MOCK_CERT_PATH", cert)
             .env("KINESIS_MOCK_PLAIN_PORT", port.to_string())
@@ -66,7 +94,13 @@ impl KinesisLocal {
             .env("MERGE_SHARDS_DURATION", "0ms")
             .env("SHARD_LIMIT", "100")
             .env("LOG_LEVEL", log_level)
-            .current_dir(scratch.path())
+            // Streams, records and consumers are saved in the scratch directory
+            // every 100 ms and loaded at start, so [`Self::restart`] keeps them.
+            .env("SHOULD_PERSIST_DATA", "true")
+            .env("LOAD_DATA_IF_EXISTS", "true")
+            .env("PERSIST_PATH", dir.join("data"))
+            .env("PERSIST_INTERVAL", "100ms")
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -77,16 +111,25 @@ impl KinesisLocal {
             assert!(
                 Instant::now() < deadline,
                 "kinesis-local did not listen on {port}: {}",
-                std::fs::read_to_string(scratch.path().join("kinesis.log")).unwrap_or_default()
+                std::fs::read_to_string(dir.join("kinesis.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        KinesisLocal {
-            port,
-            tls_port,
-            child,
-            _scratch: scratch,
-        }
+        child
+    }
+
+    /// Kills the emulator and starts it again on the same ports, with what it had
+    /// saved (wait a few hundred milliseconds after the last change before calling).
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(
+            self.port,
+            self.tls_port,
+            &self.cert,
+            &self.log_level,
+            self.scratch.path(),
+        );
     }
 
     pub fn endpoint(&self) -> String {
@@ -95,7 +138,7 @@ impl KinesisLocal {
 
     /// What the emulator logged so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self._scratch.path().join("kinesis.log")).unwrap_or_default()
+        std::fs::read_to_string(self.scratch.path().join("kinesis.log")).unwrap_or_default()
     }
 
     /// The TLS port, where HTTP/2 (SubscribeToShard's event streams) is served.
@@ -1137,4 +1180,73 @@ fn assert_read_through_efo(kinesis: &KinesisLocal) {
         count("RegisterStreamConsumer"),
         count("DescribeStreamConsumer")
     );
+}
+
+/// The emulator is killed and started again (with its saved streams and consumer)
+/// while Sluice is subscribed: the subscriptions break, the source retries with
+/// backoff (its health says so), subscribes again after the last record it handed
+/// on, and every reading, before and after, arrives exactly once, in key order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn efo_subscribes_again_after_the_connection_breaks() {
+    let dir = Scratch::new("kinesis-efo-restart");
+    let (mut kinesis, ca) = kinesis_local_with_tls(dir.path());
+    let client = kinesis.client().await;
+    create_stream(&client, "efoagain", 2).await;
+    put_records(&client, "efoagain", &readings(0..300)).await;
+    let m = manager(Some(dir.path()));
+    m.apply(&format!(
+        "CREATE SINK out WITH (connector = 'file', path = '{}');
+         CREATE STREAM s (id BIGINT NOT NULL)
+           WITH (connector = 'kinesis', stream = 'efoagain', consumer_type = 'efo',
+                 start_position = 'TRIM_HORIZON', endpoint = '{}', ca = '{}',
+                 region = 'us-east-1', access_key_id = 'test', secret_access_key = 'test');
+         CREATE QUERY q AS INSERT INTO out SELECT id FROM s;",
+        dir.path().join("out.jsonl").display(),
+        kinesis.https_endpoint(),
+        ca.display()
+    ))
+    .unwrap();
+    wait_for("the first 300", Duration::from_secs(60), || {
+        records_in(&m, "s") >= 300
+    })
+    .await;
+    // Let the emulator save the consumer and the records.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = source_health(&m, "s")["retries"].as_u64().unwrap();
+    kinesis.restart();
+    put_records(&client, "efoagain", &readings(300..600)).await;
+    wait_for("all 600", Duration::from_secs(60), || {
+        records_in(&m, "s") >= 600
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let health = source_health(&m, "s");
+    m.shutdown(Duration::from_secs(5)).await;
+
+    let ids: Vec<i64> = read_lines(&dir.path().join("out.jsonl"))
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 600, "each reading once");
+    assert_eq!(
+        ids.iter().copied().collect::<BTreeSet<_>>(),
+        (0..600).collect()
+    );
+    let mut last: HashMap<i64, i64> = HashMap::new();
+    for id in ids {
+        let prev = last.insert(id % 17, id);
+        assert!(prev.is_none_or(|p| p < id), "reading {id} after {prev:?}");
+    }
+    assert!(
+        health["retries"].as_u64().unwrap() > before,
+        "the broken subscriptions show as retries: {health}"
+    );
+    assert_eq!(health["status"], "connected", "{health}");
+    let subscribes = kinesis
+        .log()
+        .matches("Processing SubscribeToShard request")
+        .count();
+    assert!(subscribes >= 4, "2 shards, subscribed twice: {subscribes}");
+    assert_read_through_efo(&kinesis);
+    eprintln!("after the restart: {health}; {subscribes} SubscribeToShard calls");
 }
