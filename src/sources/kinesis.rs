@@ -136,7 +136,8 @@ pub struct KinesisSource {
     start: StartPosition,
     /// `<data_dir>/kinesis/<consumer_name>.json`; `consumer_name` defaults to the
     /// stream's name. Two Sluice streams reading the same Kinesis stream need
-    /// different names, or they would share (and fight over) one checkpoint.
+    /// different names, or they would share (and fight over) one checkpoint. With
+    /// enhanced fan-out it also names the registered stream consumer.
     checkpoint: Option<PathBuf>,
     /// `poll_interval`: how long an idle shard (nothing new) waits before the next
     /// call (default 1 s, AWS's advice for polling consumers).
@@ -247,6 +248,24 @@ impl KinesisSource {
             None => None,
             Some(t) => match t.value.trim().to_ascii_lowercase().as_str() {
                 "polling" => None,
+                // AWS's rule for consumer names: refused at CREATE, or registering
+                // would fail with a ValidationException retried forever.
+                "efo"
+                    if consumer.len() > 128
+                        || consumer.is_empty()
+                        || !consumer
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) =>
+                {
+                    return Err(Error::user_at(
+                        format!(
+                            "enhanced fan-out registers a consumer named '{consumer}', but \
+                             Kinesis allows 1 to 128 letters, digits, '_', '.' and '-': set \
+                             option 'consumer_name'"
+                        ),
+                        t.position,
+                    ));
+                }
                 "efo" => Some(consumer.clone()),
                 other => {
                     return Err(Error::user_at(
@@ -1233,6 +1252,15 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("'polling'") && e.contains("'efo'"), "{e}");
+        let e = source(&[
+            ("stream", "iot"),
+            ("consumer_type", "efo"),
+            ("consumer_name", "my consumer"),
+        ])
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("'my consumer'"), "{e}");
         let e = source(&[("stream", "iot"), ("ca", "/nonexistent/ca.pem")])
             .err()
             .unwrap()
