@@ -9,13 +9,17 @@
 //! | `endpoint` | AWS's | an emulator or VPC endpoint, e.g. `http://127.0.0.1:4567` |
 //! | `access_key_id`, `secret_access_key`, `session_token` | the standard chain | static credentials, meant for emulators and tests; in production leave them out and let the chain (env, profile, web identity, ECS/EC2 roles) find them |
 //! | `profile` | `AWS_PROFILE` or `default` | the profile of `~/.aws/config` to use |
+//! | `ca` | the system's roots | a PEM file of certificates to trust besides the system's roots, for an endpoint with a private CA (relative to the data directory for SQL sent over HTTP) |
 //!
 //! The HTTP client is hyper with rustls on the `ring` provider (the one the MQTT
 //! connectors use), built here because the SDK's default client would pull aws-lc-rs.
+//! Over `https://` it offers HTTP/2 (ALPN), which enhanced fan-out's SubscribeToShard
+//! needs; an `http://` endpoint speaks HTTP/1.1 only.
 //! The SDK's own retries are off (one attempt per call): every connector retries in
 //! its own loop, with its own backoff, and reports each failure in its health, so an
 //! operator sees "retrying: … (attempt 7)" instead of a call silently taking minutes.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
@@ -36,13 +40,38 @@ pub struct AwsConnect {
     pub secret_access_key: Option<String>,
     pub session_token: Option<String>,
     pub profile: Option<String>,
+    /// `ca`: PEM certificates to trust besides the system's roots, read at CREATE.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl AwsConnect {
     /// Takes `region`, `endpoint`, `access_key_id`, `secret_access_key`,
-    /// `session_token` and `profile`.
-    pub fn from_options(o: &mut Options) -> Result<Self> {
+    /// `session_token`, `profile` and `ca` (a path under `file_root` when there is
+    /// one: SQL from the network names no file outside the data directory).
+    pub fn from_options(o: &mut Options, file_root: Option<&PathBuf>) -> Result<Self> {
         let at = o.position;
+        let ca_pem = match o.take("ca") {
+            None => None,
+            Some(ca) => {
+                let path = crate::sources::resolve_path(ca.value.trim(), file_root)
+                    .map_err(|e| Error::user_at(e.to_string(), ca.position))?;
+                let pem = std::fs::read(&path).map_err(|e| {
+                    Error::user_at(
+                        format!("option 'ca': cannot read '{}': {e}", path.display()),
+                        ca.position,
+                    )
+                })?;
+                // The HTTP client panics on a certificate it cannot use: check them
+                // the way it will load them, and say which file is wrong.
+                check_certificates(&pem).map_err(|why| {
+                    Error::user_at(
+                        format!("option 'ca': '{}': {why}", path.display()),
+                        ca.position,
+                    )
+                })?;
+                Some(pem)
+            }
+        };
         let endpoint = o.take("endpoint");
         if let Some(e) = &endpoint {
             let v = e.value.trim();
@@ -60,6 +89,7 @@ impl AwsConnect {
             secret_access_key: o.take_string("secret_access_key"),
             session_token: o.take_string("session_token"),
             profile: o.take_string("profile"),
+            ca_pem,
         };
         if c.access_key_id.is_some() != c.secret_access_key.is_some() {
             return Err(Error::user_at(
@@ -73,11 +103,17 @@ impl AwsConnect {
     /// The SDK configuration: resolves region and credentials (the chain may read
     /// files and, on EC2/ECS, ask the metadata service).
     pub async fn sdk_config(&self) -> SdkConfig {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
+        let mut trust = tls::TrustStore::default();
+        if let Some(pem) = &self.ca_pem {
+            trust = trust.with_pem_certificate(pem.clone());
+        }
+        let mut http = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ));
+        if let Ok(ctx) = tls::TlsContext::builder().with_trust_store(trust).build() {
+            http = http.tls_context(ctx);
+        }
+        let http = http.build_https();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http)
             .retry_config(RetryConfig::standard().with_max_attempts(1))
@@ -117,6 +153,23 @@ impl AwsConnect {
             (None, None) => "AWS (region from the environment)".to_string(),
         }
     }
+}
+
+/// Whether `pem` holds at least one certificate, all usable as trust anchors.
+fn check_certificates(pem: &[u8]) -> std::result::Result<(), String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("not PEM certificates ({e})"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("a certificate cannot be a trust anchor ({e})"))?;
+    }
+    if roots.is_empty() {
+        return Err("no PEM certificate in it".to_string());
+    }
+    Ok(())
 }
 
 /// An SDK error as one line for an operator: the service's error code and message

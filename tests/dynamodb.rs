@@ -2,7 +2,8 @@
 //! one per test, on a free port) and the embedded `table` sink with its HTTP endpoint,
 //! checked item by item; a replay rewriting the same items; the embedded table across
 //! a restart and a torn write; and the seed-004 canned application end to end through
-//! the real binary.
+//! the real binary; and the `dynamodb` sink through a fault-injecting proxy
+//! (`faults.rs`) that throttles calls and leaves items unprocessed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -24,6 +25,7 @@ use sluice::runtime::Manager;
 use sluice::tables;
 use tower::ServiceExt;
 
+use crate::faults::{Fault, FaultProxy, Rule};
 use crate::mosquitto::Mosquitto;
 use crate::service::{Server, scratch};
 use crate::services::{Scratch, free_port};
@@ -693,4 +695,107 @@ async fn dynamodb_sink_fails_on_an_invalid_item_with_the_reason() {
     );
     assert!(scan(&client, "numbered").await.is_empty());
     m.shutdown(Duration::from_secs(5)).await;
+}
+
+/// BatchWriteItem through a proxy that throttles some calls as a whole
+/// (ProvisionedThroughputExceeded) and returns every third item in
+/// `UnprocessedItems` without passing it to moto: the table ends with every item,
+/// checked one by one, and the sink's health counts the retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_sink_resends_unprocessed_and_throttled_writes() {
+    let moto = Moto::start();
+    let client = moto.client().await;
+    create_table(
+        &client,
+        "readings",
+        "deviceId",
+        Some(("seq", ScalarAttributeType::N)),
+    )
+    .await;
+    let proxy = FaultProxy::start(
+        ([127, 0, 0, 1], moto.port).into(),
+        vec![
+            Rule::new(
+                "DynamoDB_20120810.BatchWriteItem",
+                Fault::Throttle,
+                6,
+                |i| i % 4 == 1,
+            ),
+            Rule::new(
+                "DynamoDB_20120810.BatchWriteItem",
+                Fault::LeaveUnprocessed(3),
+                200,
+                |_| true,
+            ),
+        ],
+    )
+    .await;
+    let dir = Scratch::new("dynamodb-faults");
+    let input = dir.path().join("in.jsonl");
+    let rows = readings();
+    write_readings(&input, &rows);
+    let m = manager(Some(dir.path()));
+    m.apply(&format!(
+        "CREATE STREAM r (deviceId TEXT, temperature DOUBLE, humidity DOUBLE, seq BIGINT)
+           WITH (connector = 'file', path = '{}');
+         CREATE SINK t WITH (connector = 'dynamodb', table = 'readings',
+           partition_key = 'deviceId', sort_key = 'seq', endpoint = '{}',
+           region = 'us-east-1', access_key_id = 'test', secret_access_key = 'test');
+         CREATE QUERY q AS INSERT INTO t SELECT deviceId, seq, temperature, humidity FROM r;",
+        input.display(),
+        proxy.endpoint()
+    ))
+    .unwrap();
+    run_to_end(&m, "q").await;
+    // `write` returns when DynamoDB holds every item of the batch.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while m
+        .sink_state("t")
+        .map_or(0, |s| s.rows.load(std::sync::atomic::Ordering::Relaxed))
+        < rows.len() as u64
+    {
+        assert!(Instant::now() < deadline, "the sink did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let health = m
+        .sink_state("t")
+        .and_then(|s| s.health.clone())
+        .map(|h| h.to_json())
+        .unwrap();
+    m.shutdown(Duration::from_secs(5)).await;
+
+    let items = scan(&client, "readings").await;
+    assert_eq!(items.len(), rows.len(), "one item per reading");
+    let by_key: HashMap<(String, i64), &HashMap<String, AttributeValue>> = items
+        .iter()
+        .map(|i| ((s(&i["deviceId"]).to_string(), n(&i["seq"]) as i64), i))
+        .collect();
+    for r in &rows {
+        let key = (
+            r["deviceId"].as_str().unwrap().to_string(),
+            r["seq"].as_i64().unwrap(),
+        );
+        let item = by_key
+            .get(&key)
+            .unwrap_or_else(|| panic!("item {key:?} missing"));
+        assert_eq!(n(&item["temperature"]), r["temperature"].as_f64().unwrap());
+        assert_eq!(n(&item["humidity"]), r["humidity"].as_f64().unwrap());
+        assert_eq!(item.len(), 4, "{item:?}");
+    }
+
+    assert_eq!(proxy.budgets_left(), [0, 0], "every fault injected");
+    let calls = proxy.calls_of("BatchWriteItem");
+    let throttled = calls.iter().filter(|c| c.throttled).count() as u64;
+    let partial = calls.iter().filter(|c| c.refused > 0).count() as u64;
+    let unprocessed: usize = calls.iter().map(|c| c.refused).sum();
+    assert_eq!((throttled, unprocessed), (6, 200));
+    assert!(
+        health["retries"].as_u64().unwrap() >= throttled + partial,
+        "a retry per throttled or partly processed call: {health}"
+    );
+    eprintln!(
+        "BatchWriteItem: {} calls, {throttled} throttled, {partial} with {unprocessed} \
+         items unprocessed; health: {health}",
+        calls.len()
+    );
 }

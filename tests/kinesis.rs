@@ -3,7 +3,12 @@
 //! multi-shard stream exactly once with its metadata, NDJSON records, a restart that
 //! resumes from the checkpoints without loss, gap or re-read, a split and a merge
 //! during consumption keeping each partition key's order, and the sink's records
-//! with their partition keys.
+//! with their partition keys; and, through a fault-injecting proxy (`faults.rs`),
+//! GetRecords throttling (every record once, backoff, 5 calls/s per shard) and
+//! partially failed PutRecords calls (every row in the stream once). Enhanced fan-out
+//! runs against the emulator's TLS port (HTTP/2, with a certificate from a test CA):
+//! every shard subscribed, a restart from checkpoints, a split, and subscriptions
+//! broken by an emulator restart and taken up again, each record exactly once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -17,14 +22,19 @@ use serde_json::Value;
 use sluice::aws::AwsConnect;
 use sluice::runtime::Manager;
 
+use crate::faults::{Fault, FaultProxy, Rule};
 use crate::services::{Scratch, free_port};
 use crate::support::{manager, read_lines, records_in, wait_for};
 
-/// A kinesis-local server of its own, plain HTTP on a free port.
+/// A kinesis-local server of its own, plain HTTP on a free port (and TLS, with
+/// HTTP/2 for SubscribeToShard, on another).
 pub struct KinesisLocal {
     port: u16,
+    tls_port: u16,
+    cert: PathBuf,
+    log_level: String,
     child: Child,
-    _scratch: Scratch,
+    scratch: Scratch,
 }
 
 impl KinesisLocal {
@@ -34,25 +44,63 @@ impl KinesisLocal {
 
     /// Starts on a given port (for a test that points Sluice at it before it runs).
     pub fn start_on(port: u16) -> Self {
-        let scratch = Scratch::new("kinesis-local");
         let cert = kinesis_local_dir().join("server.json");
         assert!(
             cert.is_file(),
             "kinesis-local is not installed ({} missing): run .ci/install-deps",
             cert.display()
         );
-        let log = std::fs::File::create(scratch.path().join("kinesis.log")).unwrap();
+        Self::start_with(port, &cert, "WARN")
+    }
+
+    /// Starts with the TLS key and certificate of `cert` (kinesis-local's
+    /// `{"server": {"key": PEM, "cert": PEM}}`): the one kinesis-local ships has no
+    /// subject name and is X.509 v1, which rustls refuses whatever it trusts. At
+    /// `log_level` DEBUG the log names every request it processes ([`Self::log`]).
+    pub fn start_with(port: u16, cert: &std::path::Path, log_level: &str) -> Self {
+        let scratch = Scratch::new("kinesis-local");
+        let tls_port = free_port();
+        let child = Self::spawn(port, tls_port, cert, log_level, scratch.path());
+        KinesisLocal {
+            port,
+            tls_port,
+            cert: cert.to_path_buf(),
+            log_level: log_level.to_string(),
+            child,
+            scratch,
+        }
+    }
+
+    fn spawn(
+        port: u16,
+        tls_port: u16,
+        cert: &std::path::Path,
+        log_level: &str,
+        dir: &std::path::Path,
+    ) -> Child {
+        // Appended to: a restarted emulator adds to the log of the first.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("kinesis.log"))
+            .unwrap();
         let child = Command::new("kinesis-local")
-            .env("KINESIS_MOCK_CERT_PATH", &cert)
+            .env("KINESIS_MOCK_CERT_PATH", cert)
             .env("KINESIS_MOCK_PLAIN_PORT", port.to_string())
-            .env("KINESIS_MOCK_TLS_PORT", free_port().to_string())
+            .env("KINESIS_MOCK_TLS_PORT", tls_port.to_string())
             // Streams and reshards take effect at once (the defaults wait 500 ms).
             .env("CREATE_STREAM_DURATION", "0ms")
             .env("SPLIT_SHARD_DURATION", "0ms")
             .env("MERGE_SHARDS_DURATION", "0ms")
             .env("SHARD_LIMIT", "100")
-            .env("LOG_LEVEL", "WARN")
-            .current_dir(scratch.path())
+            .env("LOG_LEVEL", log_level)
+            // Streams, records and consumers are saved in the scratch directory
+            // every 100 ms and loaded at start, so [`Self::restart`] keeps them.
+            .env("SHOULD_PERSIST_DATA", "true")
+            .env("LOAD_DATA_IF_EXISTS", "true")
+            .env("PERSIST_PATH", dir.join("data"))
+            .env("PERSIST_INTERVAL", "100ms")
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -63,19 +111,44 @@ impl KinesisLocal {
             assert!(
                 Instant::now() < deadline,
                 "kinesis-local did not listen on {port}: {}",
-                std::fs::read_to_string(scratch.path().join("kinesis.log")).unwrap_or_default()
+                std::fs::read_to_string(dir.join("kinesis.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        KinesisLocal {
-            port,
-            child,
-            _scratch: scratch,
-        }
+        child
+    }
+
+    /// Kills the emulator and starts it again on the same ports, with what it had
+    /// saved (wait a few hundred milliseconds after the last change before calling).
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(
+            self.port,
+            self.tls_port,
+            &self.cert,
+            &self.log_level,
+            self.scratch.path(),
+        );
     }
 
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// What the emulator logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.scratch.path().join("kinesis.log")).unwrap_or_default()
+    }
+
+    /// The TLS port, where HTTP/2 (SubscribeToShard's event streams) is served.
+    pub fn https_endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.tls_port)
+    }
+
+    /// Where a [`FaultProxy`] in front of it forwards to.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
     }
 
     /// The connector options that reach this emulator.
@@ -646,4 +719,534 @@ async fn the_source_backs_off_while_kinesis_or_the_stream_is_missing() {
         .map(|r| r["id"].as_i64().unwrap())
         .collect();
     assert_eq!(ids, (0..300).collect());
+}
+
+/// Connector options that reach Kinesis through `endpoint` (a fault proxy).
+fn options_via(endpoint: &str) -> String {
+    format!(
+        "endpoint = '{endpoint}', region = 'us-east-1', access_key_id = 'test', \
+         secret_access_key = 'test'"
+    )
+}
+
+/// Every shard's records, read from the start straight from the emulator, in order.
+async fn read_back(client: &Client, stream: &str) -> Vec<(String, Value)> {
+    let mut got = Vec::new();
+    let shards = client
+        .list_shards()
+        .stream_name(stream)
+        .send()
+        .await
+        .unwrap();
+    for s in shards.shards() {
+        let mut it = client
+            .get_shard_iterator()
+            .stream_name(stream)
+            .shard_id(s.shard_id())
+            .shard_iterator_type(ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .unwrap()
+            .shard_iterator()
+            .map(str::to_string);
+        while let Some(i) = it.take() {
+            let r = client.get_records().shard_iterator(i).send().await.unwrap();
+            if r.records().is_empty() {
+                break;
+            }
+            for rec in r.records() {
+                let v: Value = serde_json::from_slice(rec.data().as_ref()).unwrap();
+                got.push((rec.partition_key().to_string(), v));
+            }
+            it = r.next_shard_iterator().map(str::to_string);
+        }
+    }
+    got
+}
+
+/// GetRecords answered with ProvisionedThroughputExceeded: the first five calls on
+/// each shard in a row, then every third call, 40 in all. Every reading still arrives
+/// exactly once; the delay after each throttled call doubles (200 ms spacing, then
+/// 400, 800, 1600 ms); no shard is called more than 5 times in any second, throttled
+/// calls included; the stream's health counts the retries and names the throttling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn getrecords_throttling_delivers_every_record_once_with_backoff() {
+    let kinesis = KinesisLocal::start();
+    let client = kinesis.client().await;
+    create_stream(&client, "throttled", 2).await;
+    let puts = put_records(&client, "throttled", &readings(0..1500)).await;
+    let shards: BTreeSet<String> = puts.iter().map(|p| p.shard.clone()).collect();
+    assert_eq!(shards.len(), 2);
+    let proxy = FaultProxy::start(
+        kinesis.addr(),
+        vec![Rule::new(
+            "Kinesis_20131202.GetRecords",
+            Fault::Throttle,
+            40,
+            |i| i < 5 || i % 3 == 1,
+        )],
+    )
+    .await;
+
+    let dir = Scratch::new("kinesis-throttled");
+    let m = manager(Some(dir.path()));
+    m.apply(&format!(
+        "CREATE SINK out WITH (connector = 'file', path = '{}');
+         CREATE STREAM s (id BIGINT NOT NULL) WITH (connector = 'kinesis', stream = 'throttled',
+           start_position = 'TRIM_HORIZON', poll_interval = '50ms', max_records = '100', {});
+         CREATE QUERY q AS INSERT INTO out SELECT id FROM s;",
+        dir.path().join("out.jsonl").display(),
+        options_via(&proxy.endpoint()),
+    ))
+    .unwrap();
+    wait_for(
+        "all 1500 and every throttle injected",
+        Duration::from_secs(60),
+        || records_in(&m, "s") >= 1500 && proxy.budgets_left() == [0],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let health = source_health(&m, "s");
+    m.shutdown(Duration::from_secs(5)).await;
+
+    let ids: Vec<i64> = read_lines(&dir.path().join("out.jsonl"))
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1500, "each reading exactly once");
+    assert_eq!(
+        ids.iter().copied().collect::<BTreeSet<_>>(),
+        (0..1500).collect()
+    );
+
+    let calls = proxy.calls_of("GetRecords");
+    let throttled = calls.iter().filter(|c| c.throttled).count() as u64;
+    assert_eq!(throttled, 40);
+    assert!(
+        health["retries"].as_u64().unwrap() >= throttled,
+        "every throttled call is a retry in the health: {health}"
+    );
+    assert!(
+        health["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("ProvisionedThroughputExceeded")),
+        "{health}"
+    );
+    assert_eq!(health["status"], "connected", "{health}");
+    for shard in &shards {
+        let mine: Vec<&crate::faults::Call> = calls
+            .iter()
+            .filter(|c| c.shard.as_deref() == Some(shard))
+            .collect();
+        assert!(mine.len() > 10, "{shard}: {} calls", mine.len());
+        let gap = |i: usize| mine[i + 1].at.duration_since(mine[i].at).as_millis();
+        // The first five calls were throttled: 200 ms (the 5 calls/s spacing, longer
+        // than the first 100 ms backoff), then 200, 400, 800 and 1600 ms.
+        let gaps: Vec<u128> = (0..5).map(gap).collect();
+        // Times are taken where the proxy reads a request, so a busy machine can
+        // move one by some tens of milliseconds.
+        for (g, want) in gaps.iter().zip([200, 200, 400, 800, 1600]) {
+            assert!(*g + 50 >= want, "{shard}: gaps after throttling {gaps:?}");
+        }
+        // At most 5 calls a second: 11 calls in a row span at least 2 s. (Without the
+        // spacing after a throttled call, every third gap is ~100 ms: ~1.7 s.)
+        for w in mine.windows(11) {
+            let span = w[10].at.duration_since(w[0].at).as_millis();
+            assert!(
+                span + 100 >= 2000,
+                "{shard}: 11 GetRecords calls within {span} ms"
+            );
+        }
+    }
+    eprintln!(
+        "GetRecords: {} calls, {throttled} throttled; health: {health}",
+        calls.len()
+    );
+}
+
+/// PutRecords answered with some records failed (ProvisionedThroughputExceeded per
+/// record, kept from the emulator by the proxy, 250 in all, some of them again on
+/// their retry) and two calls throttled as a whole: the stream ends up with every
+/// row exactly once, with its partition key, read straight from the emulator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partially_failed_putrecords_end_with_every_row_once() {
+    let kinesis = KinesisLocal::start();
+    let client = kinesis.client().await;
+    create_stream(&client, "refusing", 2).await;
+    let proxy = FaultProxy::start(
+        kinesis.addr(),
+        vec![
+            Rule::new("Kinesis_20131202.PutRecords", Fault::Throttle, 2, |i| {
+                i % 4 == 1
+            }),
+            Rule::new(
+                "Kinesis_20131202.PutRecords",
+                Fault::RefuseRecords(4),
+                250,
+                |_| true,
+            ),
+        ],
+    )
+    .await;
+    let dir = Scratch::new("kinesis-refusing");
+    let input = dir.path().join("in.jsonl");
+    let lines: String = (0..1200)
+        .map(|i| format!("{{\"id\": {i}, \"deviceId\": \"d{}\"}}\n", i % 9))
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    let m = manager(Some(dir.path()));
+    m.apply(&format!(
+        "CREATE SINK k WITH (connector = 'kinesis', stream = 'refusing',
+           partition_key = 'dev-{{deviceId}}', {});
+         CREATE STREAM s (id BIGINT NOT NULL, deviceId TEXT)
+           WITH (connector = 'file', path = '{}');
+         CREATE QUERY q AS INSERT INTO k SELECT id, deviceId FROM s;",
+        options_via(&proxy.endpoint()),
+        input.display()
+    ))
+    .unwrap();
+    // `write` returns only when Kinesis has every record of the batch.
+    wait_for(
+        "the sink to write 1200 rows",
+        Duration::from_secs(60),
+        || {
+            m.sink_state("k")
+                .is_some_and(|s| s.rows.load(std::sync::atomic::Ordering::Relaxed) >= 1200)
+        },
+    )
+    .await;
+    let health = m
+        .sink_state("k")
+        .and_then(|s| s.health.clone())
+        .map(|h| h.to_json())
+        .unwrap();
+    m.shutdown(Duration::from_secs(5)).await;
+
+    let got = read_back(&client, "refusing").await;
+    let ids: Vec<i64> = got.iter().map(|(_, v)| v["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids.len(), 1200, "each row exactly once in the stream");
+    assert_eq!(
+        ids.iter().copied().collect::<BTreeSet<_>>(),
+        (0..1200).collect()
+    );
+    for (key, v) in &got {
+        assert_eq!(key, &format!("dev-d{}", v["id"].as_i64().unwrap() % 9));
+    }
+
+    assert_eq!(proxy.budgets_left(), [0, 0], "every fault injected");
+    let calls = proxy.calls_of("PutRecords");
+    let partial = calls.iter().filter(|c| c.refused > 0).count() as u64;
+    let refused: usize = calls.iter().map(|c| c.refused).sum();
+    assert_eq!(refused, 250);
+    assert!(
+        health["retries"].as_u64().unwrap() >= partial + 2,
+        "a retry per partially failed or throttled call: {health}"
+    );
+    eprintln!(
+        "PutRecords: {} calls, {partial} partially failed ({refused} records refused), \
+         2 throttled; health: {health}",
+        calls.len()
+    );
+}
+
+/// A kinesis-local whose TLS port presents a certificate for 127.0.0.1 signed by a
+/// test CA, logging every request; returns the emulator and the CA's PEM path
+/// (under `dir`).
+fn kinesis_local_with_tls(dir: &std::path::Path) -> (KinesisLocal, PathBuf) {
+    crate::mqtt::certificates(dir);
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let json =
+        serde_json::json!({"server": {"key": read("server.key"), "cert": read("server.pem")}});
+    let cert = dir.join("kinesis-server.json");
+    std::fs::write(&cert, json.to_string()).unwrap();
+    (
+        KinesisLocal::start_with(free_port(), &cert, "DEBUG"),
+        dir.join("ca.pem"),
+    )
+}
+
+/// Enhanced fan-out against kinesis-local over TLS and HTTP/2: the consumer is
+/// registered and reused, three shards are subscribed, every reading arrives once with
+/// its shard and sequence number, checkpoints are written, and a restart resumes
+/// each shard after its checkpoint without loss or re-read, keeping key order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn efo_subscribes_to_every_shard_and_resumes_from_checkpoints() {
+    let dir = Scratch::new("kinesis-efo");
+    let (kinesis, ca) = kinesis_local_with_tls(dir.path());
+    let client = kinesis.client().await;
+    create_stream(&client, "fanout", 3).await;
+    let puts = put_records(&client, "fanout", &readings(0..600)).await;
+    let shards: BTreeSet<&str> = puts.iter().map(|p| p.shard.as_str()).collect();
+    assert_eq!(shards.len(), 3);
+    let app = |file: &str| {
+        format!(
+            "CREATE SINK out WITH (connector = 'file', path = '{}');
+             CREATE STREAM s (id BIGINT NOT NULL, shard_id TEXT METADATA,
+                              sequence_number TEXT METADATA)
+               WITH (connector = 'kinesis', stream = 'fanout', consumer_type = 'efo',
+                     consumer_name = 'sluice-efo', start_position = 'TRIM_HORIZON',
+                     shard_discovery_interval = '500ms', endpoint = '{}', ca = '{}',
+                     region = 'us-east-1', access_key_id = 'test', secret_access_key = 'test');
+             CREATE QUERY q AS INSERT INTO out SELECT id, shard_id, sequence_number FROM s;",
+            dir.path().join(file).display(),
+            kinesis.https_endpoint(),
+            ca.display()
+        )
+    };
+    let first = manager(Some(dir.path()));
+    first.apply(&app("first.jsonl")).unwrap();
+    wait_for("the first 600 over EFO", Duration::from_secs(60), || {
+        records_in(&first, "s") >= 600
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let health = source_health(&first, "s");
+    first.shutdown(Duration::from_secs(5)).await;
+    let rows = read_lines(&dir.path().join("first.jsonl"));
+    assert_eq!(rows.len(), 600, "each reading once: {health}");
+    for r in &rows {
+        let put = &puts[r["id"].as_i64().unwrap() as usize];
+        assert_eq!(r["shard_id"], put.shard.as_str());
+        assert_eq!(r["sequence_number"], put.sequence.as_str());
+    }
+    let consumers = client
+        .list_stream_consumers()
+        .stream_arn(stream_arn(&client, "fanout").await)
+        .send()
+        .await
+        .unwrap();
+    let names: Vec<&str> = consumers
+        .consumers()
+        .iter()
+        .map(|c| c.consumer_name())
+        .collect();
+    assert_eq!(names, ["sluice-efo"]);
+    let cp: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("kinesis").join("sluice-efo.json")).unwrap(),
+    )
+    .unwrap();
+    for shard in &shards {
+        let last = puts
+            .iter()
+            .filter(|p| p.shard == *shard)
+            .map(|p| p.sequence.clone())
+            .max_by(|a, b| (a.len(), a).cmp(&(b.len(), b)))
+            .unwrap();
+        assert_eq!(cp["shards"][shard]["sequence"], last.as_str(), "{cp}");
+    }
+
+    // While Sluice is down, and after it is back.
+    put_records(&client, "fanout", &readings(600..900)).await;
+    let second = manager(Some(dir.path()));
+    second.apply(&app("second.jsonl")).unwrap();
+    put_records(&client, "fanout", &readings(900..1200)).await;
+    wait_for("the other 600 over EFO", Duration::from_secs(60), || {
+        records_in(&second, "s") >= 600
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    second.shutdown(Duration::from_secs(5)).await;
+    let ids: Vec<i64> = read_lines(&dir.path().join("second.jsonl"))
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        ids.iter().filter(|i| **i < 600).count(),
+        0,
+        "nothing the first run processed is read again"
+    );
+    assert_eq!(ids.len(), 600, "each remaining reading once");
+    assert_eq!(
+        ids.iter().copied().collect::<BTreeSet<_>>(),
+        (600..1200).collect()
+    );
+    let mut last: HashMap<i64, i64> = HashMap::new();
+    for id in ids {
+        let prev = last.insert(id % 17, id);
+        assert!(prev.is_none_or(|p| p < id), "reading {id} after {prev:?}");
+    }
+    // The consumer of the first run was reused, not registered again.
+    let consumers = client
+        .list_stream_consumers()
+        .stream_arn(stream_arn(&client, "fanout").await)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(consumers.consumers().len(), 1);
+    assert_read_through_efo(&kinesis);
+}
+
+async fn stream_arn(client: &Client, name: &str) -> String {
+    client
+        .describe_stream_summary()
+        .stream_name(name)
+        .send()
+        .await
+        .unwrap()
+        .stream_description_summary()
+        .unwrap()
+        .stream_arn()
+        .to_string()
+}
+
+/// A split while the stream is read through enhanced fan-out: the parent's
+/// subscription ends once it is drained, its children are subscribed after it, and
+/// every reading arrives once with each partition key's readings in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn efo_follows_a_split_without_loss_keeping_key_order() {
+    let dir = Scratch::new("kinesis-efo-split");
+    let (kinesis, ca) = kinesis_local_with_tls(dir.path());
+    let client = kinesis.client().await;
+    create_stream(&client, "efosplit", 2).await;
+    let m = manager(Some(dir.path()));
+    m.apply(&format!(
+        "CREATE SINK out WITH (connector = 'file', path = '{}');
+         CREATE STREAM s (id BIGINT NOT NULL, shard_id TEXT METADATA)
+           WITH (connector = 'kinesis', stream = 'efosplit', consumer_type = 'efo',
+                 start_position = 'TRIM_HORIZON', shard_discovery_interval = '200ms',
+                 endpoint = '{}', ca = '{}', region = 'us-east-1',
+                 access_key_id = 'test', secret_access_key = 'test');
+         CREATE QUERY q AS INSERT INTO out SELECT id, shard_id FROM s;",
+        dir.path().join("out.jsonl").display(),
+        kinesis.https_endpoint(),
+        ca.display()
+    ))
+    .unwrap();
+    put_records(&client, "efosplit", &readings(0..300)).await;
+    wait_for("the first readings", Duration::from_secs(60), || {
+        records_in(&m, "s") >= 1
+    })
+    .await;
+    let shards = client
+        .list_shards()
+        .stream_name("efosplit")
+        .send()
+        .await
+        .unwrap();
+    let first = &shards.shards()[0];
+    let range = first.hash_key_range().unwrap();
+    let lo: u128 = range.starting_hash_key().parse().unwrap();
+    let hi: u128 = range.ending_hash_key().parse().unwrap();
+    client
+        .split_shard()
+        .stream_name("efosplit")
+        .shard_to_split(first.shard_id())
+        .new_starting_hash_key(((lo + hi) / 2).to_string())
+        .send()
+        .await
+        .expect("SplitShard");
+    wait_active(&client, "efosplit").await;
+    put_records(&client, "efosplit", &readings(300..600)).await;
+    wait_for("all 600", Duration::from_secs(60), || {
+        records_in(&m, "s") >= 600
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    m.shutdown(Duration::from_secs(5)).await;
+    let rows = read_lines(&dir.path().join("out.jsonl"));
+    let ids: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids.len(), 600, "each reading once");
+    assert_eq!(
+        ids.iter().copied().collect::<BTreeSet<_>>(),
+        (0..600).collect()
+    );
+    let shards_seen: BTreeSet<&str> = rows
+        .iter()
+        .map(|r| r["shard_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        shards_seen.len(),
+        4,
+        "2 original, 2 from the split: {shards_seen:?}"
+    );
+    assert_read_through_efo(&kinesis);
+    let mut last: HashMap<i64, i64> = HashMap::new();
+    for id in ids {
+        let prev = last.insert(id % 17, id);
+        assert!(prev.is_none_or(|p| p < id), "reading {id} after {prev:?}");
+    }
+}
+
+/// The records came through SubscribeToShard, not GetRecords (these tests' own
+/// client never reads records).
+fn assert_read_through_efo(kinesis: &KinesisLocal) {
+    let log = kinesis.log();
+    let count = |op: &str| log.matches(&format!("Processing {op} request")).count();
+    assert!(count("SubscribeToShard") >= 1, "no SubscribeToShard call");
+    assert_eq!(count("GetRecords"), 0, "GetRecords called in EFO mode");
+    eprintln!(
+        "EFO: {} SubscribeToShard, {} RegisterStreamConsumer, {} DescribeStreamConsumer calls",
+        count("SubscribeToShard"),
+        count("RegisterStreamConsumer"),
+        count("DescribeStreamConsumer")
+    );
+}
+
+/// The emulator is killed and started again (with its saved streams and consumer)
+/// while Sluice is subscribed: the subscriptions break, the source retries with
+/// backoff (its health says so), subscribes again after the last record it handed
+/// on, and every reading, before and after, arrives exactly once, in key order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn efo_subscribes_again_after_the_connection_breaks() {
+    let dir = Scratch::new("kinesis-efo-restart");
+    let (mut kinesis, ca) = kinesis_local_with_tls(dir.path());
+    let client = kinesis.client().await;
+    create_stream(&client, "efoagain", 2).await;
+    put_records(&client, "efoagain", &readings(0..300)).await;
+    let m = manager(Some(dir.path()));
+    m.apply(&format!(
+        "CREATE SINK out WITH (connector = 'file', path = '{}');
+         CREATE STREAM s (id BIGINT NOT NULL)
+           WITH (connector = 'kinesis', stream = 'efoagain', consumer_type = 'efo',
+                 start_position = 'TRIM_HORIZON', endpoint = '{}', ca = '{}',
+                 region = 'us-east-1', access_key_id = 'test', secret_access_key = 'test');
+         CREATE QUERY q AS INSERT INTO out SELECT id FROM s;",
+        dir.path().join("out.jsonl").display(),
+        kinesis.https_endpoint(),
+        ca.display()
+    ))
+    .unwrap();
+    wait_for("the first 300", Duration::from_secs(60), || {
+        records_in(&m, "s") >= 300
+    })
+    .await;
+    // Let the emulator save the consumer and the records.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = source_health(&m, "s")["retries"].as_u64().unwrap();
+    kinesis.restart();
+    put_records(&client, "efoagain", &readings(300..600)).await;
+    wait_for("all 600", Duration::from_secs(60), || {
+        records_in(&m, "s") >= 600
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let health = source_health(&m, "s");
+    m.shutdown(Duration::from_secs(5)).await;
+
+    let ids: Vec<i64> = read_lines(&dir.path().join("out.jsonl"))
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 600, "each reading once");
+    assert_eq!(
+        ids.iter().copied().collect::<BTreeSet<_>>(),
+        (0..600).collect()
+    );
+    let mut last: HashMap<i64, i64> = HashMap::new();
+    for id in ids {
+        let prev = last.insert(id % 17, id);
+        assert!(prev.is_none_or(|p| p < id), "reading {id} after {prev:?}");
+    }
+    assert!(
+        health["retries"].as_u64().unwrap() > before,
+        "the broken subscriptions show as retries: {health}"
+    );
+    assert_eq!(health["status"], "connected", "{health}");
+    let subscribes = kinesis
+        .log()
+        .matches("Processing SubscribeToShard request")
+        .count();
+    assert!(subscribes >= 4, "2 shards, subscribed twice: {subscribes}");
+    assert_read_through_efo(&kinesis);
+    eprintln!("after the restart: {health}; {subscribes} SubscribeToShard calls");
 }

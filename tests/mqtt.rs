@@ -438,7 +438,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, all PEM, signed
 /// by that CA; and a second CA that signed nothing here.
-fn certificates(dir: &Path) {
+pub fn certificates(dir: &Path) {
     let days = ["-days", "2"];
     for ca in ["ca", "other-ca"] {
         openssl(

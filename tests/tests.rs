@@ -7,6 +7,7 @@ mod browser;
 mod cli;
 mod differential;
 mod dynamodb;
+mod faults;
 mod kinesis;
 mod mosquitto;
 mod mqtt;

@@ -206,7 +206,7 @@ impl ArchiveConfig {
                     p.position,
                 ));
             }
-            (Some(u), None) => remote(u.value.trim(), o).map_err(|e| e.or_at(u.position))?,
+            (Some(u), None) => remote(u.value.trim(), o, ctx).map_err(|e| e.or_at(u.position))?,
             (None, path) => {
                 let dir = match (path, &ctx.data_dir) {
                     (Some(p), _) => resolve_path(p.value.trim(), ctx.file_root.as_ref())
@@ -314,7 +314,7 @@ fn local(dir: PathBuf) -> Result<(Location, String)> {
     ))
 }
 
-fn remote(url: &str, o: &mut Options) -> Result<(Location, String)> {
+fn remote(url: &str, o: &mut Options, ctx: &SinkContext) -> Result<(Location, String)> {
     let (scheme, rest) = url.split_once("://").ok_or_else(|| {
         Error::user(format!(
             "option 'url' must look like s3://bucket/prefix (or gs://, az://), got '{url}'"
@@ -331,7 +331,7 @@ fn remote(url: &str, o: &mut Options) -> Result<(Location, String)> {
     let root_url = format!("{scheme}://{bucket}");
     let store: Arc<dyn ObjectStore> = match scheme {
         "s3" | "s3a" => {
-            let aws = AwsConnect::from_options(o)?;
+            let aws = AwsConnect::from_options(o, ctx.file_root.as_ref())?;
             if aws.profile.is_some() {
                 return Err(Error::user(
                     "the archive sink does not read AWS profiles: use AWS_* environment \
@@ -351,6 +351,16 @@ fn remote(url: &str, o: &mut Options) -> Result<(Location, String)> {
                     .with_virtual_hosted_style_request(!path_style.unwrap_or(true));
             } else if let Some(p) = path_style {
                 b = b.with_virtual_hosted_style_request(!p);
+            }
+            if let Some(pem) = &aws.ca_pem {
+                // Checked by AwsConnect; the whole bundle is one PEM file.
+                let ca = object_store::Certificate::from_pem_bundle(pem)
+                    .map_err(|e| Error::user(format!("option 'ca': {e}")))?;
+                let mut client = object_store::ClientOptions::new();
+                for c in ca {
+                    client = client.with_root_certificate(c);
+                }
+                b = b.with_client_options(client);
             }
             if let (Some(k), Some(s)) = (&aws.access_key_id, &aws.secret_access_key) {
                 b = b.with_access_key_id(k).with_secret_access_key(s);

@@ -33,8 +33,8 @@ use datafusion::arrow::array::RecordBatch;
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
-use super::Sink;
 use super::items::ItemSpec;
+use super::{Sink, SinkContext};
 use crate::aws::{AwsConnect, describe_error, error_code, needs_operator};
 use crate::error::{Error, Result};
 use crate::health::{Backoff, Health};
@@ -54,8 +54,8 @@ pub struct DynamoDbSink {
 }
 
 impl DynamoDbSink {
-    pub fn from_options(mut o: Options) -> Result<Self> {
-        let connect = AwsConnect::from_options(&mut o)?;
+    pub fn from_options(mut o: Options, ctx: &SinkContext) -> Result<Self> {
+        let connect = AwsConnect::from_options(&mut o, ctx.file_root.as_ref())?;
         let spec = ItemSpec::from_options(&mut o, "dynamodb")?;
         o.finish("sink connector 'dynamodb'")?;
         Ok(DynamoDbSink {

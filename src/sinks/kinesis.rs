@@ -33,8 +33,8 @@ use datafusion::arrow::array::RecordBatch;
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use super::Sink;
 use super::template::{Part, Template};
+use super::{Sink, SinkContext};
 use crate::aws::{AwsConnect, describe_error, error_code, needs_operator};
 use crate::error::{Error, Result};
 use crate::health::{Backoff, Health};
@@ -66,9 +66,9 @@ struct Entry {
 }
 
 impl KinesisSink {
-    pub fn from_options(mut o: Options) -> Result<Self> {
+    pub fn from_options(mut o: Options, ctx: &SinkContext) -> Result<Self> {
         let at = o.position;
-        let connect = AwsConnect::from_options(&mut o)?;
+        let connect = AwsConnect::from_options(&mut o, ctx.file_root.as_ref())?;
         let stream = o.take("stream").ok_or_else(|| {
             Error::user_at(
                 "the kinesis sink needs option 'stream': the stream's name or ARN",

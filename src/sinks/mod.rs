@@ -69,9 +69,11 @@ pub fn build(
         "archive" => Ok(Box::new(archive::ArchiveSink::from_options(
             name, options, ctx,
         )?)),
-        "dynamodb" => Ok(Box::new(dynamodb::DynamoDbSink::from_options(options)?)),
+        "dynamodb" => Ok(Box::new(dynamodb::DynamoDbSink::from_options(
+            options, ctx,
+        )?)),
         "file" => Ok(Box::new(file::FileSink::from_options(options, ctx)?)),
-        "kinesis" => Ok(Box::new(kinesis::KinesisSink::from_options(options)?)),
+        "kinesis" => Ok(Box::new(kinesis::KinesisSink::from_options(options, ctx)?)),
         "mqtt" => Ok(Box::new(mqtt::MqttSink::from_options(options, ctx)?)),
         "redis" => Ok(Box::new(redis::RedisSink::from_options(options)?)),
         "stdout" => Ok(Box::new(stdout::StdoutSink::from_options(options)?)),

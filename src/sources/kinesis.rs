@@ -24,7 +24,21 @@
 //! calls, waits after a large read until the 2 MB/s budget allows the next one, polls
 //! an idle shard every `poll_interval` only, and backs off (100 ms doubling to 10 s)
 //! on ProvisionedThroughputExceeded and on any other failure, which shows in the
-//! stream's health. Enhanced fan-out (SubscribeToShard) is not implemented.
+//! stream's health; a refused call still counts, so backoff only adds to the spacing.
+//!
+//! **Enhanced fan-out.** With `consumer_type = 'efo'` the source registers a stream
+//! consumer named `consumer_name` (or takes the one of that name that exists) and waits
+//! until it is ACTIVE; each shard is then read through SubscribeToShard, whose events
+//! Kinesis pushes over HTTP/2 (2 MB/s per shard for this consumer alone, not shared).
+//! A subscription lasts 5 minutes: when it ends (or fails) the shard subscribes again
+//! after its last delivered record, at most once a second (the service's limit per
+//! shard and consumer), with the same backoff on failures. Events are read only as
+//! fast as the stream takes the chunks, so a slow query slows the subscription
+//! (HTTP/2 flow control). A shard ends with its last event (one that names child
+//! shards or carries no continuation sequence number), or, for servers that do not
+//! send that event, when it is listed as closed and an event finds nothing left;
+//! children start as in polling mode, after their parents. Checkpoints are the same.
+//! HTTP/2 needs an `https://` endpoint (AWS's always is); `ca` trusts a private CA.
 //!
 //! **Checkpoints.** With a data directory (`sluice serve`), the last sequence number
 //! of each shard whose chunk the stream's queries have processed (the chunk's
@@ -45,14 +59,16 @@
 //! holds the watermark at the retired shard's last event time until a later split
 //! reuses the number. Set `idle_timeout` on streams whose shards get merged.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::DateTime;
-use aws_sdk_kinesis::types::{Shard, ShardIteratorType};
+use aws_sdk_kinesis::types::{
+    ConsumerStatus, Shard, ShardIteratorType, StartingPosition, SubscribeToShardEventStream,
+};
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -120,7 +136,8 @@ pub struct KinesisSource {
     start: StartPosition,
     /// `<data_dir>/kinesis/<consumer_name>.json`; `consumer_name` defaults to the
     /// stream's name. Two Sluice streams reading the same Kinesis stream need
-    /// different names, or they would share (and fight over) one checkpoint.
+    /// different names, or they would share (and fight over) one checkpoint. With
+    /// enhanced fan-out it also names the registered stream consumer.
     checkpoint: Option<PathBuf>,
     /// `poll_interval`: how long an idle shard (nothing new) waits before the next
     /// call (default 1 s, AWS's advice for polling consumers).
@@ -130,13 +147,16 @@ pub struct KinesisSource {
     /// `shard_discovery_interval`: how often the shard list is read again (default
     /// 10 s); a shard that closes is noticed at once by its reader anyway.
     discovery_interval: Duration,
+    /// `consumer_type = 'efo'`: read through enhanced fan-out as the registered
+    /// consumer `consumer_name` (a name; `None` for polling, the default).
+    efo: Option<String>,
     health: Arc<Health>,
 }
 
 impl KinesisSource {
     pub fn from_options(mut o: Options, ctx: &SourceContext) -> Result<Self> {
         let at = o.position;
-        let connect = AwsConnect::from_options(&mut o)?;
+        let connect = AwsConnect::from_options(&mut o, ctx.file_root.as_ref())?;
         let stream_opt = o.take("stream").ok_or_else(|| {
             Error::user_at(
                 "the kinesis source needs option 'stream': the stream's name or ARN",
@@ -224,6 +244,40 @@ impl KinesisSource {
             .take_duration("shard_discovery_interval")?
             .unwrap_or(Duration::from_secs(10))
             .max(Duration::from_millis(100));
+        let efo = match o.take("consumer_type") {
+            None => None,
+            Some(t) => match t.value.trim().to_ascii_lowercase().as_str() {
+                "polling" => None,
+                // AWS's rule for consumer names: refused at CREATE, or registering
+                // would fail with a ValidationException retried forever.
+                "efo"
+                    if consumer.len() > 128
+                        || consumer.is_empty()
+                        || !consumer
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) =>
+                {
+                    return Err(Error::user_at(
+                        format!(
+                            "enhanced fan-out registers a consumer named '{consumer}', but \
+                             Kinesis allows 1 to 128 letters, digits, '_', '.' and '-': set \
+                             option 'consumer_name'"
+                        ),
+                        t.position,
+                    ));
+                }
+                "efo" => Some(consumer.clone()),
+                other => {
+                    return Err(Error::user_at(
+                        format!(
+                            "option 'consumer_type' must be 'polling' (GetRecords) or 'efo' \
+                             (enhanced fan-out, SubscribeToShard), got '{other}'"
+                        ),
+                        t.position,
+                    ));
+                }
+            },
+        };
         o.finish("source connector 'kinesis'")?;
         Ok(KinesisSource {
             connect,
@@ -233,6 +287,7 @@ impl KinesisSource {
             poll_interval,
             max_records,
             discovery_interval,
+            efo,
             health: Arc::new(Health::new()),
         })
     }
@@ -400,6 +455,11 @@ struct Shared {
     poll_interval: Duration,
     health: Arc<Health>,
     checkpoints: Mutex<Checkpoints>,
+    /// The enhanced fan-out consumer's ARN; `None` when polling.
+    consumer_arn: Option<String>,
+    /// Shards the last listing showed closed (for EFO servers that never send a
+    /// shard's last event).
+    closed: Mutex<HashSet<String>>,
 }
 
 impl Shared {
@@ -426,13 +486,26 @@ impl Source for KinesisSource {
             let checkpoints =
                 Checkpoints::load(self.checkpoint.clone(), stream_name_of(&self.stream))?;
             let config = self.connect.sdk_config().await;
+            let client = Client::new(&config);
+            let consumer_arn = match &self.efo {
+                None => None,
+                Some(name) => {
+                    match register_consumer(&client, &self.stream, name, &self.health, &out).await {
+                        Some(arn) => Some(arn),
+                        // The stream went away while waiting.
+                        None => return Ok(()),
+                    }
+                }
+            };
             let shared = Arc::new(Shared {
-                client: Client::new(&config),
+                client,
                 stream: self.stream.clone(),
                 max_records: self.max_records,
                 poll_interval: self.poll_interval,
                 health: Arc::clone(&self.health),
                 checkpoints: Mutex::new(checkpoints),
+                consumer_arn,
+                closed: Mutex::new(HashSet::new()),
             });
             let result = self.coordinate(&shared, &out).await;
             // Let acknowledgements already answered reach the checkpoint.
@@ -477,6 +550,18 @@ impl KinesisSource {
                 }
             };
             let known: HashMap<&str, &Shard> = shards.iter().map(|s| (s.shard_id(), s)).collect();
+            if let Ok(mut closed) = shared.closed.lock() {
+                closed.extend(
+                    shards
+                        .iter()
+                        .filter(|s| {
+                            s.sequence_number_range()
+                                .and_then(|r| r.ending_sequence_number())
+                                .is_some()
+                        })
+                        .map(|s| s.shard_id().to_string()),
+                );
+            }
             let resumed = shared
                 .checkpoints
                 .lock()
@@ -675,7 +760,11 @@ fn spawn_shard(
         }
     });
     tokio::spawn(async move {
-        read_shard(&shared, &shard, partition, start, &out, &ack_tx).await;
+        if shared.consumer_arn.is_some() {
+            subscribe_shard(&shared, &shard, partition, start, &out, &ack_tx).await;
+        } else {
+            read_shard(&shared, &shard, partition, start, &out, &ack_tx).await;
+        }
         drop(ack_tx);
         let _ = acker.await;
     })
@@ -755,7 +844,9 @@ async fn read_shard(
                 };
                 shared.health.retrying(&what);
                 tracing::warn!(shard, "kinesis: {what}; retrying in {delay:?}");
-                next_call = Instant::now() + delay;
+                // A refused call still counts against the shard's 5 calls per second:
+                // the backoff adds to the spacing, it never shortens it.
+                next_call = next_call.max(Instant::now() + delay);
                 continue;
             }
         };
@@ -763,51 +854,9 @@ async fn read_shard(
         shared.health.connected();
         let records = resp.records();
         if let Some(last) = records.last() {
-            let mut chunk = Chunk::new(Vec::new(), partition, now_ms());
-            let (mut keys, mut seqs, mut shards, mut arrivals) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            let mut bytes = 0usize;
-            for r in records {
-                let data = r.data().as_ref();
-                bytes += data.len();
-                let n = append_records(data, &mut chunk.data);
-                if n == 0 {
-                    continue;
-                }
-                let key: Arc<str> = Arc::from(r.partition_key());
-                let seq: Arc<str> = Arc::from(r.sequence_number());
-                let arrival = r
-                    .approximate_arrival_timestamp()
-                    .and_then(|t| t.to_millis().ok())
-                    .unwrap_or(chunk.arrival_ms);
-                for _ in 0..n {
-                    keys.push(Arc::clone(&key));
-                    seqs.push(Arc::clone(&seq));
-                    shards.push(Arc::clone(&shard_arc));
-                    arrivals.push(arrival);
-                }
-            }
-            chunk.meta = Some(Box::new(ChunkMeta {
-                columns: vec![
-                    ("partition_key", MetaValues::Text(keys)),
-                    ("sequence_number", MetaValues::Text(seqs)),
-                    ("shard_id", MetaValues::Text(shards)),
-                    ("approximate_arrival_time", MetaValues::Time(arrivals)),
-                ],
-            }));
+            let (chunk, bytes) = chunk_of(records, partition, &shard_arc);
             let last_seq = last.sequence_number().to_string();
-            let (tx, rx) = oneshot::channel();
-            if acks.send(Some((rx, last_seq.clone()))).is_err() {
-                return;
-            }
-            if out
-                .send(Input {
-                    chunk,
-                    ack: Some(tx),
-                })
-                .await
-                .is_err()
-            {
+            if !deliver(chunk, &last_seq, out, acks).await {
                 return;
             }
             position = ShardStart::After(last_seq);
@@ -829,6 +878,295 @@ async fn read_shard(
             next_call = next_call.max(called + shared.poll_interval);
         }
     }
+}
+
+/// One chunk of a shard's records with their metadata columns, and the bytes read.
+fn chunk_of(
+    records: &[aws_sdk_kinesis::types::Record],
+    partition: usize,
+    shard: &Arc<str>,
+) -> (Chunk, usize) {
+    let mut chunk = Chunk::new(Vec::new(), partition, now_ms());
+    let (mut keys, mut seqs, mut shards, mut arrivals) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut bytes = 0usize;
+    for r in records {
+        let data = r.data().as_ref();
+        bytes += data.len();
+        let n = append_records(data, &mut chunk.data);
+        if n == 0 {
+            continue;
+        }
+        let key: Arc<str> = Arc::from(r.partition_key());
+        let seq: Arc<str> = Arc::from(r.sequence_number());
+        let arrival = r
+            .approximate_arrival_timestamp()
+            .and_then(|t| t.to_millis().ok())
+            .unwrap_or(chunk.arrival_ms);
+        for _ in 0..n {
+            keys.push(Arc::clone(&key));
+            seqs.push(Arc::clone(&seq));
+            shards.push(Arc::clone(shard));
+            arrivals.push(arrival);
+        }
+    }
+    chunk.meta = Some(Box::new(ChunkMeta {
+        columns: vec![
+            ("partition_key", MetaValues::Text(keys)),
+            ("sequence_number", MetaValues::Text(seqs)),
+            ("shard_id", MetaValues::Text(shards)),
+            ("approximate_arrival_time", MetaValues::Time(arrivals)),
+        ],
+    }));
+    (chunk, bytes)
+}
+
+/// Hands a chunk to the stream, its last sequence number to the acknowledger first
+/// (so checkpoints advance in order); `false` when the stream is gone.
+async fn deliver(
+    chunk: Chunk,
+    last_seq: &str,
+    out: &mpsc::Sender<Input>,
+    acks: &mpsc::UnboundedSender<Pending>,
+) -> bool {
+    let (tx, rx) = oneshot::channel();
+    if acks.send(Some((rx, last_seq.to_string()))).is_err() {
+        return false;
+    }
+    out.send(Input {
+        chunk,
+        ack: Some(tx),
+    })
+    .await
+    .is_ok()
+}
+
+// ---------------------------------------------------------------------------------
+// Enhanced fan-out
+
+/// SubscribeToShard may be called once per second per shard and consumer.
+const SUBSCRIBE_SPACING: Duration = Duration::from_secs(1);
+
+/// The ARN of the stream consumer `name`, registered if it does not exist yet, once it
+/// is ACTIVE; retried with backoff (the stream may not exist yet, the consumer may be
+/// being deleted). `None` when the stream's input closed meanwhile.
+async fn register_consumer(
+    client: &Client,
+    stream: &StreamRef,
+    name: &str,
+    health: &Health,
+    out: &mpsc::Sender<Input>,
+) -> Option<String> {
+    let mut backoff = Backoff::new(MAX_BACKOFF);
+    loop {
+        let attempt = async {
+            let stream_arn = match stream {
+                StreamRef::Arn(a) => a.clone(),
+                StreamRef::Name(n) => client
+                    .describe_stream_summary()
+                    .stream_name(n)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "Kinesis DescribeStreamSummary on '{n}': {}",
+                            describe_error(&e)
+                        )
+                    })?
+                    .stream_description_summary()
+                    .map(|s| s.stream_arn().to_string())
+                    .ok_or_else(|| format!("Kinesis described stream '{n}' without its ARN"))?,
+            };
+            let described = client
+                .describe_stream_consumer()
+                .stream_arn(&stream_arn)
+                .consumer_name(name)
+                .send()
+                .await;
+            let (arn, status) = match described {
+                Ok(d) => {
+                    let c = d.consumer_description().ok_or_else(|| {
+                        format!("Kinesis described consumer '{name}' without a description")
+                    })?;
+                    (c.consumer_arn().to_string(), c.consumer_status().clone())
+                }
+                Err(e) if error_code(&e) == Some("ResourceNotFoundException") => {
+                    let r = client
+                        .register_stream_consumer()
+                        .stream_arn(&stream_arn)
+                        .consumer_name(name)
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            format!(
+                                "Kinesis RegisterStreamConsumer '{name}' on '{stream_arn}': {}",
+                                describe_error(&e)
+                            )
+                        })?;
+                    let c = r.consumer().ok_or_else(|| {
+                        format!("Kinesis registered consumer '{name}' without describing it")
+                    })?;
+                    tracing::info!(
+                        consumer = name,
+                        "kinesis: registered the enhanced fan-out consumer"
+                    );
+                    (c.consumer_arn().to_string(), c.consumer_status().clone())
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "Kinesis DescribeStreamConsumer '{name}' on '{stream_arn}': {}",
+                        describe_error(&e)
+                    ));
+                }
+            };
+            Ok::<_, String>((arn, status))
+        };
+        let delay = match attempt.await {
+            Ok((arn, ConsumerStatus::Active)) => return Some(arn),
+            // Registering (or being deleted by someone): not an error, ask again soon.
+            Ok((_, status)) => {
+                tracing::info!(consumer = name, "kinesis: consumer is {status:?}, waiting");
+                Duration::from_millis(500)
+            }
+            Err(why) => {
+                let delay = backoff.next_delay();
+                tracing::warn!("kinesis: {why}; retrying in {delay:?}");
+                health.retrying(why);
+                delay
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = out.closed() => return None,
+        }
+    }
+}
+
+/// Reads one shard through SubscribeToShard until it ends or the stream goes away.
+async fn subscribe_shard(
+    shared: &Shared,
+    shard: &str,
+    partition: usize,
+    start: ShardStart,
+    out: &mpsc::Sender<Input>,
+    acks: &mpsc::UnboundedSender<Pending>,
+) {
+    let Some(consumer) = shared.consumer_arn.as_deref() else {
+        return;
+    };
+    let shard_arc: Arc<str> = Arc::from(shard);
+    let mut backoff = Backoff::new(MAX_BACKOFF);
+    // After the last record handed to the stream: where the next subscription starts.
+    let mut position = start;
+    let mut next_call = Instant::now();
+    loop {
+        let wait = next_call.saturating_duration_since(Instant::now());
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = out.closed() => return,
+            }
+        }
+        let called = Instant::now();
+        next_call = called + SUBSCRIBE_SPACING;
+        let sub = tokio::select! {
+            r = shared
+                .client
+                .subscribe_to_shard()
+                .consumer_arn(consumer)
+                .shard_id(shard)
+                .starting_position(starting_position(&position))
+                .send() => r,
+            _ = out.closed() => return,
+        };
+        let mut events = match sub {
+            Ok(s) => s.event_stream,
+            Err(e) => {
+                // ResourceInUse: the previous subscription of this shard is still
+                // being torn down; LimitExceeded: more than one call a second.
+                let why = format!(
+                    "Kinesis SubscribeToShard on shard {shard}: {}",
+                    describe_error(&e)
+                );
+                let delay = backoff.next_delay();
+                shared.health.retrying(&why);
+                tracing::warn!(shard, "kinesis: {why}; retrying in {delay:?}");
+                next_call = next_call.max(Instant::now() + delay);
+                continue;
+            }
+        };
+        loop {
+            // The next event only once the previous chunk is in the stream's channel:
+            // not reading is what slows the sender down (HTTP/2 flow control).
+            let event = tokio::select! {
+                e = events.recv() => e,
+                _ = out.closed() => return,
+            };
+            let event = match event {
+                Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(e))) => e,
+                // An event type this SDK does not know: nothing to read in it.
+                Ok(Some(_)) => continue,
+                // The subscription's 5 minutes are over: subscribe again.
+                Ok(None) => break,
+                Err(e) => {
+                    let why = format!(
+                        "Kinesis SubscribeToShard event stream of shard {shard}: {}",
+                        describe_error(&e)
+                    );
+                    let delay = backoff.next_delay();
+                    shared.health.retrying(&why);
+                    tracing::warn!(shard, "kinesis: {why}; subscribing again in {delay:?}");
+                    next_call = next_call.max(Instant::now() + delay);
+                    break;
+                }
+            };
+            backoff.reset();
+            shared.health.connected();
+            let records = event.records();
+            if let Some(last) = records.last() {
+                let (chunk, _) = chunk_of(records, partition, &shard_arc);
+                let last_seq = last.sequence_number().to_string();
+                if !deliver(chunk, &last_seq, out, acks).await {
+                    return;
+                }
+                position = ShardStart::After(last_seq);
+            }
+            // The shard's last event names its children (or has no continuation);
+            // a server that never sends it has the shard listed as closed and finds
+            // nothing more in it.
+            let ended = !event.child_shards().is_empty()
+                || event.continuation_sequence_number().is_empty()
+                || (records.is_empty()
+                    && event.millis_behind_latest() == 0
+                    && shared
+                        .closed
+                        .lock()
+                        .map(|c| c.contains(shard))
+                        .unwrap_or(false));
+            if ended {
+                // The acknowledger marks it finished after the last chunk's report.
+                let _ = acks.send(None);
+                return;
+            }
+        }
+    }
+}
+
+/// SubscribeToShard's starting position for a shard's reader position.
+fn starting_position(position: &ShardStart) -> StartingPosition {
+    let b = StartingPosition::builder();
+    let b = match position {
+        ShardStart::After(seq) => b
+            .r#type(ShardIteratorType::AfterSequenceNumber)
+            .sequence_number(seq),
+        ShardStart::At(StartPosition::Latest) => b.r#type(ShardIteratorType::Latest),
+        ShardStart::At(StartPosition::TrimHorizon) => b.r#type(ShardIteratorType::TrimHorizon),
+        ShardStart::At(StartPosition::AtTimestamp(ms)) => b
+            .r#type(ShardIteratorType::AtTimestamp)
+            .timestamp(DateTime::from_millis(*ms)),
+    };
+    b.build()
+        .expect("`type`, the one member the builder requires, is set on every path")
 }
 
 /// A shard iterator at `position`; `None` when the shard is closed and has nothing
@@ -884,5 +1222,49 @@ mod tests {
             Some(1_767_225_600_000)
         );
         assert_eq!(parse_timestamp("yesterday"), None);
+    }
+
+    fn source(pairs: &[(&str, &str)]) -> Result<KinesisSource> {
+        let mut o = Options::new(crate::error::Position::default());
+        for (k, v) in pairs {
+            o.insert(k, v.to_string(), crate::error::Position::default())?;
+        }
+        KinesisSource::from_options(o, &SourceContext::default())
+    }
+
+    /// `consumer_type`: polling by default, `efo` registers `consumer_name` (the
+    /// stream's name when not given), anything else is the user's mistake.
+    #[test]
+    fn consumer_types() {
+        let s = source(&[("stream", "iot")]).unwrap();
+        assert_eq!(s.efo, None);
+        let s = source(&[("stream", "iot"), ("consumer_type", "EFO")]).unwrap();
+        assert_eq!(s.efo.as_deref(), Some("iot"));
+        let s = source(&[
+            ("stream", "arn:aws:kinesis:eu-west-1:1:stream/iot"),
+            ("consumer_type", "efo"),
+            ("consumer_name", "dashboards"),
+        ])
+        .unwrap();
+        assert_eq!(s.efo.as_deref(), Some("dashboards"));
+        let e = source(&[("stream", "iot"), ("consumer_type", "fanout")])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("'polling'") && e.contains("'efo'"), "{e}");
+        let e = source(&[
+            ("stream", "iot"),
+            ("consumer_type", "efo"),
+            ("consumer_name", "my consumer"),
+        ])
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("'my consumer'"), "{e}");
+        let e = source(&[("stream", "iot"), ("ca", "/nonexistent/ca.pem")])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("option 'ca'"), "{e}");
     }
 }
