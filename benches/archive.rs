@@ -58,7 +58,10 @@ fn batch(schema: &SchemaRef, from: usize, n: usize, total: usize, span_ms: i64) 
         .clone()
         .map(|i| 15.0 + ((mix(i) >> 20) % 2_000) as f64 / 100.0)
         .collect();
-    let hum: Vec<f64> = rows.clone().map(|i| ((mix(i) >> 40) % 100) as f64).collect();
+    let hum: Vec<f64> = rows
+        .clone()
+        .map(|i| ((mix(i) >> 40) % 100) as f64)
+        .collect();
     let ips: Vec<String> = rows
         .clone()
         .map(|i| {

@@ -732,6 +732,8 @@ impl Writer {
             );
             self.put(&path, part.lines).await?;
         }
+        // Rows moved to the error prefix during this flush were written with it.
+        self.bytes = 0;
         Ok(())
     }
 
