@@ -263,13 +263,24 @@ impl ArchiveConfig {
                 }
             },
         };
-        let flush_mb = o.take_f64("flush_size_mb")?.unwrap_or(64.0);
-        if !(flush_mb > 0.0 && flush_mb <= 4096.0) {
-            return Err(Error::user_at(
-                format!("option 'flush_size_mb' must be in (0, 4096], got {flush_mb}"),
-                at,
-            ));
-        }
+        let flush_mb = match o.take("flush_size_mb") {
+            None => 64.0,
+            // The buffer is memory: bounded, like Firehose's (128 MiB), if more
+            // generously.
+            Some(v) => match v.value.trim().parse::<f64>() {
+                Ok(mb) if mb > 0.0 && mb <= 1024.0 => mb,
+                _ => {
+                    return Err(Error::user_at(
+                        format!(
+                            "option 'flush_size_mb' must be a number more than 0 and at most \
+                             1024, got '{}'",
+                            v.value
+                        ),
+                        v.position,
+                    ));
+                }
+            },
+        };
         let flush_interval = o
             .take_duration("flush_interval")?
             .unwrap_or(Duration::from_secs(60));
