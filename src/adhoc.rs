@@ -310,6 +310,19 @@ async fn register_archive(ctx: &SessionContext, def: &SinkDef, sources: &Sources
     .with_file_extension(config.format.extension())
     .with_table_partition_cols(partition_cols);
     let state = ctx.state();
+    // JSON text has no types: read it with the writing query's schema, so timestamps
+    // come back as timestamps (inference would make them strings).
+    let json_schema = match config.format {
+        Format::Json { .. } => sources.schemas.get(&def.name),
+        Format::Parquet(_) => None,
+    };
+    if let Some(schema) = json_schema {
+        let config = ListingTableConfig::new(url)
+            .with_listing_options(listing)
+            .with_schema(Arc::clone(schema));
+        ctx.register_table(def.name.as_str(), Arc::new(ListingTable::try_new(config)?))?;
+        return Ok(());
+    }
     let table_config = match ListingTableConfig::new(url.clone())
         .with_listing_options(listing.clone())
         .infer_schema(&state)

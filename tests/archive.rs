@@ -671,3 +671,40 @@ async fn post_query_answers_json_csv_and_arrow_within_its_limits_and_only_reads(
     assert_eq!(status, StatusCode::BAD_REQUEST);
     m.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_lines_archive_reads_back_with_the_query_types() {
+    let dir = Scratch::new("archive-json");
+    let input = dir.path().join("in.jsonl");
+    write_readings(&input, 1_500, 0);
+    let m = manager(Some(dir.path()));
+    m.apply(&app(&input, ", format = 'json'")).unwrap();
+    finish(&m, &["q"]).await;
+    let m = manager(Some(dir.path()));
+    m.apply(&app(&input, ", format = 'json'")).unwrap();
+    let out = adhoc::run(
+        "SELECT hour, count(*) AS n, min(ts) AS first, max(seq) AS last FROM arch GROUP BY hour ORDER BY hour",
+        None,
+        &sources(&m),
+        &Limits::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out.schema.field_with_name("first").unwrap().data_type(),
+        &datafusion::arrow::datatypes::DataType::Timestamp(
+            datafusion::arrow::datatypes::TimeUnit::Millisecond,
+            None
+        )
+    );
+    let doc: Value =
+        serde_json::from_slice(&out.encode(adhoc::OutputFormat::Json).unwrap()).unwrap();
+    assert_eq!(
+        doc["rows"],
+        json!([
+            {"hour": "12", "n": 1000, "first": "2026-11-21T12:00:00", "last": 999},
+            {"hour": "13", "n": 500, "first": "2026-11-21T13:00:00", "last": 1499},
+        ])
+    );
+    m.shutdown(Duration::from_secs(5)).await;
+}
