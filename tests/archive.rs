@@ -21,8 +21,8 @@ use tower::ServiceExt;
 
 use crate::dynamodb::{Moto, run_to_end};
 use crate::service::{Server, scratch};
-use crate::services::Scratch;
-use crate::support::{manager, sluice_query};
+use crate::services::{Scratch, free_port};
+use crate::support::{manager, sluice_query, sluice_query_env};
 
 /// 2026-11-21T12:00:00Z, ms.
 const T0: i64 = 1_795_262_400_000;
@@ -707,4 +707,147 @@ async fn json_lines_archive_reads_back_with_the_query_types() {
         ])
     );
     m.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Azure Blob Storage's emulator (Azurite, from npm) on a free port, with a container.
+struct Azurite {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Azurite {
+    fn start(dir: &Path, container: &str) -> Azurite {
+        let port = free_port();
+        let child = Command::new("azurite-blob")
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .args([
+                "--location",
+                dir.to_str().unwrap(),
+                "--silent",
+                "--skipApiVersionCheck",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("azurite-blob (run .ci/install-deps for azurite)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "azurite did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let url = format!("http://127.0.0.1:{port}");
+        python(&format!("{AZURE_CONN}\n{AZURE_CREATE}"), &[&url, container]);
+        Azurite { child, url }
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Azurite's well-known development account (public, documented by Microsoft).
+const AZURE_CONN: &str = r#"
+def conn(url):
+    return ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+            "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+            f"BlobEndpoint={url}/devstoreaccount1;")
+"#;
+
+const AZURE_CREATE: &str = r#"
+import json, sys
+from azure.storage.blob import BlobServiceClient
+BlobServiceClient.from_connection_string(conn(sys.argv[1])).create_container(sys.argv[2])
+print(json.dumps("ok"))
+"#;
+
+#[test]
+fn azure_archive_on_azurite_is_read_by_pyarrow_and_sluice_query() {
+    let dir = scratch("archive-azure");
+    let az = Azurite::start(&dir.join("azurite"), "archive");
+    let queries = dir.join("queries");
+    std::fs::create_dir_all(&queries).unwrap();
+    std::fs::write(
+        queries.join("a.sql"),
+        "CREATE STREAM sim (deviceId INT NOT NULL, temperature DOUBLE, ts TIMESTAMP)
+         WITH (connector = 'simulator', devices = '50', rate = '2000', limit = '4000',
+               start = '2026-11-21T12:59:59Z');
+         CREATE SINK arch WITH (connector = 'archive', url = 'az://archive/readings',
+            flush_interval = '500ms');
+         CREATE QUERY q AS INSERT INTO arch SELECT * FROM sim;",
+    )
+    .unwrap();
+    let data = dir.join("data");
+    let env = [
+        ("AZURE_STORAGE_USE_EMULATOR", "true"),
+        ("AZURITE_BLOB_STORAGE_URL", az.url.as_str()),
+    ];
+    let mut server = Server::start(
+        &dir,
+        "azure",
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--queries",
+            queries.to_str().unwrap(),
+        ],
+        &env,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while server.get_json("/queries/q")["status"] != "finished" {
+        assert!(std::time::Instant::now() < deadline, "query never finished");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, _) = server.terminate();
+    assert!(status.success(), "{}", server.stderr_text());
+    assert!(!data.join("archive").exists(), "nothing written locally");
+
+    // pyarrow reads every blob the sink wrote, downloaded with Azure's own client.
+    let script = format!(
+        "{AZURE_CONN}\n{}",
+        r#"
+import io, json, sys
+import pyarrow.parquet as pq
+from azure.storage.blob import BlobServiceClient
+c = BlobServiceClient.from_connection_string(conn(sys.argv[1])).get_container_client("archive")
+out = []
+for b in c.list_blobs(name_starts_with="readings/"):
+    t = pq.read_table(io.BytesIO(c.download_blob(b.name).readall()))
+    out.append({"name": b.name, "rows": t.num_rows,
+                "hours": sorted({v.hour for v in t.column("ts").to_pylist()})})
+print(json.dumps(out))
+"#
+    );
+    let blobs = python(&script, &[&az.url]);
+    let mut total = 0;
+    for b in blobs.as_array().unwrap() {
+        let name = b["name"].as_str().unwrap();
+        assert!(name.ends_with(".parquet"), "{name}");
+        let hour: u64 = name["readings/dt=2026-11-21/hour=".len()..][..2]
+            .parse()
+            .unwrap();
+        assert_eq!(b["hours"], json!([hour]), "{name}: rows of its own hour");
+        total += b["rows"].as_i64().unwrap();
+    }
+    assert_eq!(total, 4_000, "every reading archived: {blobs}");
+    let rows = sluice_query_env(
+        &data,
+        "SELECT hour, count(*) AS n FROM arch GROUP BY hour ORDER BY hour",
+        &env,
+    )
+    .unwrap();
+    let n: i64 = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["n"].as_i64().unwrap())
+        .sum();
+    assert_eq!(n, 4_000);
+    assert_eq!(rows[0]["hour"], "12");
+    assert_eq!(rows[1]["hour"], "13");
 }

@@ -61,7 +61,17 @@ pub async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool
 /// `sluice query --format json SQL` on a data directory: the answer's rows, or the
 /// exit code and stderr when it failed.
 pub fn sluice_query(data_dir: &Path, sql: &str) -> Result<Value, (Option<i32>, String)> {
+    sluice_query_env(data_dir, sql, &[])
+}
+
+/// [`sluice_query`] with environment variables (a store's settings).
+pub fn sluice_query_env(
+    data_dir: &Path,
+    sql: &str,
+    env: &[(&str, &str)],
+) -> Result<Value, (Option<i32>, String)> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .envs(env.iter().copied())
         .args([
             "query",
             "--data-dir",
