@@ -2,7 +2,7 @@
 // tests/browser.rs against a live `sluice serve`. Debian's chromium, driven by
 // playwright-core (no browser download): submit an application, watch its rows and
 // chart arrive over the WebSocket, check the query list and a positioned SQL error,
-// and save a full-page screenshot.
+// run ad hoc SQL over an archive of the readings, and save a full-page screenshot.
 //
 //   node tests/browser/dashboard.mjs [BASE_URL] [SCREENSHOT.png]
 //
@@ -25,6 +25,11 @@ CREATE QUERY browser_q AS
 SELECT window_start, deviceId, count(*) AS n, avg(temperature) AS avg_temp
 FROM b_readings
 GROUP BY TUMBLE(ts, INTERVAL '1' SECOND), deviceId;
+`;
+
+/** An archive of the same readings, for the ad hoc SQL panel (flushed every second). */
+const ARCHIVE = `CREATE SINK b_archive WITH (connector = 'archive', flush_interval = '1s');
+CREATE QUERY b_arch AS INSERT INTO b_archive SELECT deviceId, temperature, ts FROM b_readings;
 `;
 
 /** A mistake on line 3 (a column that does not exist). */
@@ -176,9 +181,41 @@ try {
   await fresh.close();
   log('a fresh page auto-selected browser_q and showed rows');
 
+  // 7. Ad hoc SQL: an archive of the readings appears among the tables; a query over
+  //    it answers one row per device once the first flush is written (1 s); a mistake
+  //    is shown with its position.
+  const archived = await fetch(base + '/applications', {
+    method: 'POST', headers: { 'Content-Type': 'text/plain' }, body: ARCHIVE,
+  });
+  check(archived.status === 201, `the archive application was refused: ${await archived.text()}`);
+  const chip = page.getByTestId('adhoc-table').filter({ hasText: 'b_archive' });
+  await until('b_archive among the ad hoc tables', WAIT_MS, async () => (await chip.count()) === 1);
+  await chip.click();
+  check((await page.getByTestId('adhoc-sql').inputValue()).includes('FROM "b_archive"'),
+    'clicking a table did not put a query over it in the box');
+  await page.getByTestId('adhoc-sql').fill('SELECT deviceId, count(*) AS n\nFROM b_archive GROUP BY deviceId ORDER BY deviceId');
+  const devices = await until('one ad hoc row per device', WAIT_ROWS_MS, async () => {
+    await page.getByTestId('adhoc-run').click();
+    await page.waitForTimeout(300);
+    const n = await page.locator('#adhoc-body tr').count();
+    return n === 5 && n;
+  });
+  const status = await page.getByTestId('adhoc-status').textContent();
+  check(/^5 rows in [0-9.]+ ms$/.test(status), `the ad hoc status says ${JSON.stringify(status)}`);
+  check(JSON.stringify(await page.locator('#adhoc-head th').allTextContents()) === '["deviceId","n"]',
+    'the ad hoc table does not show the query\'s columns');
+  log(`ad hoc SQL: ${devices} rows (${status})`);
+  await page.getByTestId('adhoc-sql').fill('SELECT deviceId\nFROM b_archive WHERE nope > 1');
+  await page.getByTestId('adhoc-run').click();
+  const adhocError = await until('the ad hoc error', WAIT_MS, async () =>
+    (await page.getByTestId('adhoc-error').count()) && page.locator('#adhoc-error .title').innerText());
+  check(adhocError === 'Rejected at line 2, column 22', `the ad hoc error title is ${JSON.stringify(adhocError)}`);
+  check((await page.getByTestId('adhoc-error').innerText()).includes('nope'), 'the ad hoc error does not name the column');
+  check((await page.locator('#adhoc-body tr').count()) === 0, 'the rows of the earlier query stay under the error');
+
   check(pageErrors.length === 0, `the page threw: ${pageErrors.join('; ')}`);
 
-  // 7. The picture: rows, chart, query list and the positioned error.
+  // 8. The picture: rows, chart, query list and the positioned error.
   await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path: screenshot, fullPage: true });
   log(`screenshot: ${screenshot}`);
