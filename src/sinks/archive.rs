@@ -505,7 +505,6 @@ struct Part {
     /// Parquet: the batches; JSON: encoded lines in `lines`.
     batches: Vec<RecordBatch>,
     lines: Vec<u8>,
-    bytes: usize,
     /// Smallest partition time (ms) of its rows: the object name starts with it.
     first_ms: i64,
 }
@@ -658,7 +657,6 @@ impl Writer {
             part.batches.push(batch);
             n
         };
-        part.bytes += added;
         self.bytes += added;
         Ok(())
     }
