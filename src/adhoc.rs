@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::datasource::MemTable;
+use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
 use datafusion::datasource::file_format::json::JsonFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -283,14 +284,6 @@ async fn register_archive(ctx: &SessionContext, def: &SinkDef, sources: &Sources
     let mut options = def.options.clone();
     options.expand_env()?;
     let config = ArchiveConfig::from_options(&def.name, &mut options, &sources.sink_context)?;
-    let gzip = matches!(config.format, Format::Json { gzip: true });
-    if gzip {
-        return Err(Error::user(format!(
-            "archive '{}' holds gzip JSON lines, which ad hoc SQL does not read; archive \
-             as Parquet (the default) or uncompressed JSON to query it",
-            def.name
-        )));
-    }
     let loc = &config.location;
     let url = ListingTableUrl::parse(loc.table_url())?;
     if loc.root_url != "file:///" {
@@ -305,7 +298,16 @@ async fn register_archive(ctx: &SessionContext, def: &SinkDef, sources: &Sources
         .collect();
     let listing = match config.format {
         Format::Parquet(_) => ListingOptions::new(Arc::new(ParquetFormat::default())),
-        Format::Json { .. } => ListingOptions::new(Arc::new(JsonFormat::default())),
+        Format::Json { gzip } => {
+            let compression = if gzip {
+                FileCompressionType::GZIP
+            } else {
+                FileCompressionType::UNCOMPRESSED
+            };
+            ListingOptions::new(Arc::new(
+                JsonFormat::default().with_file_compression_type(compression),
+            ))
+        }
     }
     .with_file_extension(config.format.extension())
     .with_table_partition_cols(partition_cols);
