@@ -23,8 +23,9 @@ pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
 
 /// Validates connector options; implemented where the connectors are known.
 pub trait ConnectorCheck {
-    fn check_source(&self, connector: &str, options: &Options) -> Result<()>;
-    /// `name` is the sink's: some connectors derive a location from it.
+    /// `name` is the stream's or the sink's: some connectors derive a location (a
+    /// checkpoint file, an archive directory) from it.
+    fn check_source(&self, name: &str, connector: &str, options: &Options) -> Result<()>;
     fn check_sink(&self, name: &str, connector: &str, options: &Options) -> Result<()>;
 }
 
@@ -471,7 +472,7 @@ impl Catalog {
                 .map(|c| c.name.clone()),
         });
         connectors
-            .check_source(&connector, &options)
+            .check_source(&s.name, &connector, &options)
             .map_err(|e| e.or_at(s.position))?;
         options.take("connector");
         Ok(StreamDef {
@@ -506,7 +507,7 @@ impl Catalog {
 pub struct AnyConnector;
 
 impl ConnectorCheck for AnyConnector {
-    fn check_source(&self, _: &str, _: &Options) -> Result<()> {
+    fn check_source(&self, _: &str, _: &str, _: &Options) -> Result<()> {
         Ok(())
     }
     fn check_sink(&self, _: &str, _: &str, _: &Options) -> Result<()> {

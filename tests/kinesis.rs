@@ -340,10 +340,9 @@ async fn multi_shard_stream_delivers_every_record_once_with_metadata() {
         }
     }
     // A checkpoint per shard, at the shard's last sequence number.
-    let cp: Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("kinesis").join("multi.json")).unwrap(),
-    )
-    .unwrap();
+    let cp: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("kinesis").join("s.json")).unwrap())
+            .unwrap();
     for shard in shards {
         let last = puts
             .iter()
@@ -386,7 +385,7 @@ async fn a_restart_resumes_from_checkpoints_without_loss_gap_or_reread() {
     first.apply(&app("first.jsonl")).unwrap();
     // LATEST: wait until every shard has its starting point before putting.
     wait_for("the shard readers", Duration::from_secs(20), || {
-        std::fs::read(dir.path().join("kinesis").join("restart.json"))
+        std::fs::read(dir.path().join("kinesis").join("s.json"))
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
             .is_some_and(|v| v["shards"].as_object().is_some_and(|s| s.len() == 3))

@@ -587,6 +587,7 @@ impl Manager {
         first: Attached,
     ) -> Result<StreamRun> {
         let source = sources::build(
+            &def.name,
             &def.connector,
             &def.options,
             &self.options.connectors.sources,

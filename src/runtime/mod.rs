@@ -93,11 +93,11 @@ impl Connectors {
 }
 
 impl ConnectorCheck for Connectors {
-    fn check_source(&self, connector: &str, options: &Options) -> Result<()> {
+    fn check_source(&self, name: &str, connector: &str, options: &Options) -> Result<()> {
         self.check_files(connector, options)?;
         let mut o = options.clone();
         o.take("connector");
-        sources::build(connector, &o, &self.sources).map(|_| ())
+        sources::build(name, connector, &o, &self.sources).map(|_| ())
     }
     fn check_sink(&self, name: &str, connector: &str, options: &Options) -> Result<()> {
         self.check_files(connector, options)?;

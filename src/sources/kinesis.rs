@@ -135,9 +135,9 @@ pub struct KinesisSource {
     /// at the first start; shards created later start at their first record.
     start: StartPosition,
     /// `<data_dir>/kinesis/<consumer_name>.json`; `consumer_name` defaults to the
-    /// stream's name. Two Sluice streams reading the same Kinesis stream need
-    /// different names, or they would share (and fight over) one checkpoint. With
-    /// enhanced fan-out it also names the registered stream consumer.
+    /// Sluice stream's name, so two Sluice streams reading one Kinesis stream keep
+    /// separate checkpoints (an explicit shared name would make them fight over one).
+    /// With enhanced fan-out it also names the registered stream consumer.
     checkpoint: Option<PathBuf>,
     /// `poll_interval`: how long an idle shard (nothing new) waits before the next
     /// call (default 1 s, AWS's advice for polling consumers).
@@ -154,7 +154,8 @@ pub struct KinesisSource {
 }
 
 impl KinesisSource {
-    pub fn from_options(mut o: Options, ctx: &SourceContext) -> Result<Self> {
+    /// `name` is the Sluice stream's: the default consumer (checkpoint) name.
+    pub fn from_options(name: &str, mut o: Options, ctx: &SourceContext) -> Result<Self> {
         let at = o.position;
         let connect = AwsConnect::from_options(&mut o, ctx.file_root.as_ref())?;
         let stream_opt = o.take("stream").ok_or_else(|| {
@@ -220,7 +221,9 @@ impl KinesisSource {
         }
         let consumer = o
             .take_string("consumer_name")
-            .unwrap_or_else(|| stream_name_of(&stream).to_string());
+            // The Sluice stream's name: two streams reading one Kinesis stream keep
+            // their own checkpoints without being told.
+            .unwrap_or_else(|| name.to_string());
         let checkpoint = ctx.data_dir.as_ref().map(|d| {
             d.join("kinesis")
                 .join(format!("{}.json", safe_name(&consumer)))
@@ -1229,17 +1232,43 @@ mod tests {
         for (k, v) in pairs {
             o.insert(k, v.to_string(), crate::error::Position::default())?;
         }
-        KinesisSource::from_options(o, &SourceContext::default())
+        KinesisSource::from_options("readings", o, &SourceContext::default())
+    }
+
+    /// Checkpoints are named by the Sluice stream unless `consumer_name` says
+    /// otherwise: two streams over one Kinesis stream do not share one.
+    #[test]
+    fn checkpoint_files_follow_the_sluice_stream() {
+        let ctx = SourceContext {
+            data_dir: Some(PathBuf::from("/data")),
+            ..Default::default()
+        };
+        let build = |name: &str, pairs: &[(&str, &str)]| {
+            let mut o = Options::new(crate::error::Position::default());
+            for (k, v) in pairs {
+                o.insert(k, v.to_string(), crate::error::Position::default())
+                    .unwrap();
+            }
+            KinesisSource::from_options(name, o, &ctx)
+                .unwrap()
+                .checkpoint
+        };
+        let a = build("hot_readings", &[("stream", "iot")]);
+        let b = build("all_readings", &[("stream", "iot")]);
+        assert_eq!(a, Some(PathBuf::from("/data/kinesis/hot_readings.json")));
+        assert_eq!(b, Some(PathBuf::from("/data/kinesis/all_readings.json")));
+        let c = build("x", &[("stream", "iot"), ("consumer_name", "shared")]);
+        assert_eq!(c, Some(PathBuf::from("/data/kinesis/shared.json")));
     }
 
     /// `consumer_type`: polling by default, `efo` registers `consumer_name` (the
-    /// stream's name when not given), anything else is the user's mistake.
+    /// Sluice stream's name when not given), anything else is the user's mistake.
     #[test]
     fn consumer_types() {
         let s = source(&[("stream", "iot")]).unwrap();
         assert_eq!(s.efo, None);
         let s = source(&[("stream", "iot"), ("consumer_type", "EFO")]).unwrap();
-        assert_eq!(s.efo.as_deref(), Some("iot"));
+        assert_eq!(s.efo.as_deref(), Some("readings"));
         let s = source(&[
             ("stream", "arn:aws:kinesis:eu-west-1:1:stream/iot"),
             ("consumer_type", "efo"),

@@ -82,14 +82,21 @@ pub struct SourceContext {
 pub const CONNECTORS: [&str; 5] = ["file", "http", "kinesis", "mqtt", "simulator"];
 
 /// Builds a source from its connector name and options, rejecting unknown options.
-pub fn build(connector: &str, options: &Options, ctx: &SourceContext) -> Result<Box<dyn Source>> {
+/// Builds the source of stream `name` (checking its options); nothing connects until
+/// it runs, so building is also how a CREATE STREAM is validated.
+pub fn build(
+    name: &str,
+    connector: &str,
+    options: &Options,
+    ctx: &SourceContext,
+) -> Result<Box<dyn Source>> {
     let mut options = options.clone();
     options.expand_env()?;
     match connector {
         "file" => Ok(Box::new(file::FileSource::from_options(options, ctx)?)),
         "http" => Ok(Box::new(http::HttpSource::from_options(options)?)),
         "kinesis" => Ok(Box::new(kinesis::KinesisSource::from_options(
-            options, ctx,
+            name, options, ctx,
         )?)),
         "mqtt" => Ok(Box::new(mqtt::MqttSource::from_options(options, ctx)?)),
         "simulator" => Ok(Box::new(simulator::Simulator::from_options(options)?)),
