@@ -253,6 +253,46 @@ async fn put_records(client: &Client, stream: &str, records: &[(String, String)]
     out
 }
 
+/// Every reading of `range` exactly once, and within a key (one shard, `readings`
+/// keys by `id % 17`) in the order they were put.
+fn assert_each_once_in_key_order(ids: &[i64], range: std::ops::Range<i64>) {
+    assert_eq!(ids.len(), range.clone().count(), "each reading once");
+    assert_eq!(
+        ids.iter().copied().collect::<BTreeSet<_>>(),
+        range.collect::<BTreeSet<_>>()
+    );
+    let mut last: HashMap<i64, i64> = HashMap::new();
+    for &id in ids {
+        let prev = last.insert(id % 17, id);
+        assert!(prev.is_none_or(|p| p < id), "reading {id} after {prev:?}");
+    }
+}
+
+/// Splits the stream's first shard at the middle of its hash range, waits until the
+/// stream is active again, and returns the shard that was split.
+async fn split_first_shard(client: &Client, stream: &str) -> aws_sdk_kinesis::types::Shard {
+    let shards = client
+        .list_shards()
+        .stream_name(stream)
+        .send()
+        .await
+        .unwrap();
+    let first = shards.shards()[0].clone();
+    let range = first.hash_key_range().unwrap();
+    let lo: u128 = range.starting_hash_key().parse().unwrap();
+    let hi: u128 = range.ending_hash_key().parse().unwrap();
+    client
+        .split_shard()
+        .stream_name(stream)
+        .shard_to_split(first.shard_id())
+        .new_starting_hash_key(((lo + hi) / 2).to_string())
+        .send()
+        .await
+        .expect("SplitShard");
+    wait_active(client, stream).await;
+    first
+}
+
 fn readings(range: std::ops::Range<i64>) -> Vec<(String, String)> {
     range
         .map(|i| {
@@ -424,17 +464,7 @@ async fn a_restart_resumes_from_checkpoints_without_loss_gap_or_reread() {
         reread, 0,
         "the second run read {reread} readings the first had processed"
     );
-    assert_eq!(ids.len(), 1400, "each remaining reading once");
-    assert_eq!(
-        ids.iter().copied().collect::<BTreeSet<_>>(),
-        (600..2000).collect()
-    );
-    // Within a key (one shard), in the order they were put.
-    let mut last: HashMap<i64, i64> = HashMap::new();
-    for id in ids {
-        let prev = last.insert(id % 17, id);
-        assert!(prev.is_none_or(|p| p < id), "reading {id} after {prev:?}");
-    }
+    assert_each_once_in_key_order(&ids, 600..2000);
 }
 
 /// A split and a merge while records flow: every reading arrives once, and each
@@ -467,26 +497,7 @@ async fn a_reshard_during_consumption_loses_nothing_and_keeps_key_order() {
     })
     .await;
 
-    // Split the first shard at the middle of its hash range.
-    let shards = client
-        .list_shards()
-        .stream_name("reshard")
-        .send()
-        .await
-        .unwrap();
-    let first = &shards.shards()[0];
-    let range = first.hash_key_range().unwrap();
-    let lo: u128 = range.starting_hash_key().parse().unwrap();
-    let hi: u128 = range.ending_hash_key().parse().unwrap();
-    client
-        .split_shard()
-        .stream_name("reshard")
-        .shard_to_split(first.shard_id())
-        .new_starting_hash_key(((lo + hi) / 2).to_string())
-        .send()
-        .await
-        .expect("SplitShard");
-    wait_active(&client, "reshard").await;
+    let first = split_first_shard(&client, "reshard").await;
     put_records(&client, "reshard", &readings(500..1000)).await;
 
     // Merge the two children of the split back together.
@@ -532,11 +543,7 @@ async fn a_reshard_during_consumption_loses_nothing_and_keeps_key_order() {
     m.shutdown(Duration::from_secs(5)).await;
     let rows = read_lines(&dir.path().join("out.jsonl"));
     let ids: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
-    assert_eq!(ids.len(), 1500, "each reading once");
-    assert_eq!(
-        ids.iter().copied().collect::<BTreeSet<_>>(),
-        (0..1500).collect()
-    );
+    assert_each_once_in_key_order(&ids, 0..1500);
     let shards_seen: BTreeSet<&str> = rows
         .iter()
         .map(|r| r["shard_id"].as_str().unwrap())
@@ -546,14 +553,6 @@ async fn a_reshard_during_consumption_loses_nothing_and_keeps_key_order() {
         5,
         "2 original, 2 from the split, 1 from the merge: {shards_seen:?}"
     );
-    let mut last: HashMap<i64, i64> = HashMap::new();
-    for id in ids {
-        let prev = last.insert(id % 17, id);
-        assert!(
-            prev.is_none_or(|p| p < id),
-            "reading {id} came after {prev:?}"
-        );
-    }
 }
 
 /// The sink: rows as JSON records, partition keys from the template, spread over the
@@ -1054,16 +1053,7 @@ async fn efo_subscribes_to_every_shard_and_resumes_from_checkpoints() {
         0,
         "nothing the first run processed is read again"
     );
-    assert_eq!(ids.len(), 600, "each remaining reading once");
-    assert_eq!(
-        ids.iter().copied().collect::<BTreeSet<_>>(),
-        (600..1200).collect()
-    );
-    let mut last: HashMap<i64, i64> = HashMap::new();
-    for id in ids {
-        let prev = last.insert(id % 17, id);
-        assert!(prev.is_none_or(|p| p < id), "reading {id} after {prev:?}");
-    }
+    assert_each_once_in_key_order(&ids, 600..1200);
     // The consumer of the first run was reused, not registered again.
     let consumers = client
         .list_stream_consumers()
@@ -1116,25 +1106,7 @@ async fn efo_follows_a_split_without_loss_keeping_key_order() {
         records_in(&m, "s") >= 1
     })
     .await;
-    let shards = client
-        .list_shards()
-        .stream_name("efosplit")
-        .send()
-        .await
-        .unwrap();
-    let first = &shards.shards()[0];
-    let range = first.hash_key_range().unwrap();
-    let lo: u128 = range.starting_hash_key().parse().unwrap();
-    let hi: u128 = range.ending_hash_key().parse().unwrap();
-    client
-        .split_shard()
-        .stream_name("efosplit")
-        .shard_to_split(first.shard_id())
-        .new_starting_hash_key(((lo + hi) / 2).to_string())
-        .send()
-        .await
-        .expect("SplitShard");
-    wait_active(&client, "efosplit").await;
+    split_first_shard(&client, "efosplit").await;
     put_records(&client, "efosplit", &readings(300..600)).await;
     wait_for("all 600", Duration::from_secs(60), || {
         records_in(&m, "s") >= 600
@@ -1144,11 +1116,7 @@ async fn efo_follows_a_split_without_loss_keeping_key_order() {
     m.shutdown(Duration::from_secs(5)).await;
     let rows = read_lines(&dir.path().join("out.jsonl"));
     let ids: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
-    assert_eq!(ids.len(), 600, "each reading once");
-    assert_eq!(
-        ids.iter().copied().collect::<BTreeSet<_>>(),
-        (0..600).collect()
-    );
+    assert_each_once_in_key_order(&ids, 0..600);
     let shards_seen: BTreeSet<&str> = rows
         .iter()
         .map(|r| r["shard_id"].as_str().unwrap())
@@ -1159,11 +1127,6 @@ async fn efo_follows_a_split_without_loss_keeping_key_order() {
         "2 original, 2 from the split: {shards_seen:?}"
     );
     assert_read_through_efo(&kinesis);
-    let mut last: HashMap<i64, i64> = HashMap::new();
-    for id in ids {
-        let prev = last.insert(id % 17, id);
-        assert!(prev.is_none_or(|p| p < id), "reading {id} after {prev:?}");
-    }
 }
 
 /// The records came through SubscribeToShard, not GetRecords (these tests' own
@@ -1226,16 +1189,7 @@ async fn efo_subscribes_again_after_the_connection_breaks() {
         .iter()
         .map(|r| r["id"].as_i64().unwrap())
         .collect();
-    assert_eq!(ids.len(), 600, "each reading once");
-    assert_eq!(
-        ids.iter().copied().collect::<BTreeSet<_>>(),
-        (0..600).collect()
-    );
-    let mut last: HashMap<i64, i64> = HashMap::new();
-    for id in ids {
-        let prev = last.insert(id % 17, id);
-        assert!(prev.is_none_or(|p| p < id), "reading {id} after {prev:?}");
-    }
+    assert_each_once_in_key_order(&ids, 0..600);
     assert!(
         health["retries"].as_u64().unwrap() > before,
         "the broken subscriptions show as retries: {health}"

@@ -208,9 +208,12 @@ try {
   await page.getByTestId('adhoc-sql').fill('SELECT deviceId\nFROM b_archive WHERE nope > 1');
   await page.getByTestId('adhoc-run').click();
   const adhocError = await until('the ad hoc error', WAIT_MS, async () =>
-    (await page.getByTestId('adhoc-error').count()) && page.locator('#adhoc-error .title').innerText());
-  check(adhocError === 'Rejected at line 2, column 22', `the ad hoc error title is ${JSON.stringify(adhocError)}`);
-  check((await page.getByTestId('adhoc-error').innerText()).includes('nope'), 'the ad hoc error does not name the column');
+    (await page.getByTestId('adhoc-error-title').count()) && page.getByTestId('adhoc-error-title').innerText());
+  check(adhocError.startsWith('Rejected at line 2, column 22'), `the ad hoc error title is ${JSON.stringify(adhocError)}`);
+  check((await page.getByTestId('adhoc-error-message').innerText()).includes('nope'), 'the ad hoc error does not name the column');
+  const [shownLine, caretLine] = (await page.getByTestId('adhoc-error-excerpt').innerText()).split('\n');
+  check(shownLine.startsWith('2 | FROM b_archive') && caretLine.indexOf('^') === shownLine.indexOf('|') + 1 + 22,
+    `the ad hoc caret is not under line 2, column 22: ${JSON.stringify([shownLine, caretLine])}`);
   check((await page.locator('#adhoc-body tr').count()) === 0, 'the rows of the earlier query stay under the error');
 
   check(pageErrors.length === 0, `the page threw: ${pageErrors.join('; ')}`);
