@@ -13,9 +13,8 @@
 //! Run: `cargo bench --bench archive` (`-- --rows N` for the ad hoc table size,
 //! `--write-rows N` for the write runs, `--no-s3` without moto). Results go to stdout.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use datafusion::arrow::array::{Float64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -24,6 +23,12 @@ use sluice::catalog::SinkDef;
 use sluice::error::Position;
 use sluice::sinks::{self, SinkContext};
 use sluice::sql::Options;
+
+// The S3 emulator, shared with the integration tests (which also use its SQL options).
+#[allow(dead_code)]
+#[path = "../tests/moto.rs"]
+mod moto;
+use moto::Moto;
 
 const BATCH: usize = 8_192;
 /// 2026-11-01T00:00:00Z.
@@ -136,54 +141,6 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
     n
 }
 
-struct Moto(Child, u16);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_moto() -> Moto {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("python3")
-        .args([
-            "-m",
-            "moto.server",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 -m moto.server (.ci/install-deps installs moto[server])");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let ok = Command::new("python3")
-        .args([
-            "-c",
-            "import sys, boto3; boto3.client('s3', endpoint_url=sys.argv[1], \
-             region_name='us-east-1', aws_access_key_id='t', aws_secret_access_key='t')\
-             .create_bucket(Bucket='bench')",
-            &format!("http://127.0.0.1:{port}"),
-        ])
-        .status()
-        .unwrap();
-    assert!(ok.success(), "create bucket");
-    Moto(child, port)
-}
-
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -227,10 +184,11 @@ fn main() {
         let _moto = if no_s3 {
             None
         } else {
-            let moto = start_moto();
+            let moto = Moto::start();
+            moto.create_bucket("bench");
             let s3 = vec![
                 ("url", "s3://bench/readings".to_string()),
-                ("endpoint", format!("http://127.0.0.1:{}", moto.1)),
+                ("endpoint", moto.endpoint()),
                 ("region", "us-east-1".into()),
                 ("access_key_id", "t".into()),
                 ("secret_access_key", "t".into()),

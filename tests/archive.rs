@@ -19,7 +19,8 @@ use sluice::adhoc::{self, Limits};
 use sluice::runtime::Manager;
 use tower::ServiceExt;
 
-use crate::dynamodb::{Moto, run_to_end};
+use crate::dynamodb::run_to_end;
+use crate::moto::Moto;
 use crate::service::{Server, scratch};
 use crate::services::{Scratch, free_port};
 use crate::support::{manager, sluice_query, sluice_query_env};
@@ -360,24 +361,10 @@ print(json.dumps(out))
     m.shutdown(Duration::from_secs(5)).await;
 }
 
-/// Creates a bucket on moto (object_store cannot create buckets).
-fn create_bucket(moto: &Moto, bucket: &str) {
-    python(
-        r#"
-import json, sys, boto3
-s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
-                  aws_access_key_id="test", aws_secret_access_key="test")
-s3.create_bucket(Bucket=sys.argv[2])
-print(json.dumps("ok"))
-"#,
-        &[&format!("http://127.0.0.1:{}", moto.port), bucket],
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_archive_on_moto_is_read_by_pyarrow_and_by_ad_hoc_sql() {
     let moto = Moto::start();
-    create_bucket(&moto, "sensor-archive");
+    moto.create_bucket("sensor-archive");
     let dir = Scratch::new("archive-s3");
     let input = dir.path().join("in.jsonl");
     let rows = write_readings(&input, 3_000, 0);

@@ -10,6 +10,7 @@ mod dynamodb;
 mod faults;
 mod kinesis;
 mod mosquitto;
+mod moto;
 mod mqtt;
 mod redis_sink;
 mod seeds;
