@@ -481,22 +481,31 @@ impl Manager {
             .streams
             .get(&stream_def.name)
             .is_some_and(|r| !r.task.is_finished());
-        if run_alive {
+        // Running before the stream task can see the query: a short input may end at
+        // once, and the task finishes only the queries it finds running (set after
+        // the spawn, the status stayed `running` forever when the task was quicker).
+        let previous = state.status();
+        state.set_status(QueryStatus::Running);
+        let attached_or_spawned = if run_alive {
             inner.streams[&stream_def.name]
                 .control
                 .send(Control::Attach(Box::new(attached)))
-                .map_err(|_| Error::internal("stream control channel is closed"))?;
+                .map_err(|_| Error::internal("stream control channel is closed"))
         } else {
             // The first query goes into the task before it (and its source) starts:
             // attached later, the records the source sends first would meet a stream
             // with no query and be lost.
-            let run = self.spawn_stream(&stream_def, attached)?;
-            inner
-                .stream_states
-                .insert(stream_def.name.clone(), Arc::clone(&run.state));
-            inner.streams.insert(stream_def.name.clone(), run);
+            self.spawn_stream(&stream_def, attached).map(|run| {
+                inner
+                    .stream_states
+                    .insert(stream_def.name.clone(), Arc::clone(&run.state));
+                inner.streams.insert(stream_def.name.clone(), run);
+            })
+        };
+        if let Err(e) = attached_or_spawned {
+            state.set_status(previous);
+            return Err(e);
         }
-        state.set_status(QueryStatus::Running);
         Ok(())
     }
 
