@@ -19,11 +19,10 @@ use sluice::adhoc::{self, Limits};
 use sluice::runtime::Manager;
 use tower::ServiceExt;
 
-use crate::dynamodb::run_to_end;
 use crate::moto::Moto;
 use crate::service::{Server, scratch};
 use crate::services::{Scratch, free_port};
-use crate::support::{manager, sluice_query, sluice_query_env};
+use crate::support::{manager, run_to_end, sluice_query, sluice_query_env};
 
 /// 2026-11-21T12:00:00Z, ms.
 const T0: i64 = 1_795_262_400_000;

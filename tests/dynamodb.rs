@@ -20,7 +20,6 @@ use axum::http::Request;
 use serde_json::{Value, json};
 use sluice::api::{ApiOptions, app};
 use sluice::aws::AwsConnect;
-use sluice::runtime::Manager;
 use sluice::tables;
 use tower::ServiceExt;
 
@@ -29,7 +28,7 @@ use crate::mosquitto::Mosquitto;
 use crate::moto::Moto;
 use crate::service::{Server, scratch};
 use crate::services::Scratch;
-use crate::support::manager;
+use crate::support::{manager, run_to_end};
 
 /// A DynamoDB client for moto.
 async fn client(moto: &Moto) -> Client {
@@ -140,42 +139,6 @@ fn expected_latest(rows: &[Value]) -> BTreeMap<String, &Value> {
         latest.insert(r["deviceId"].as_str().unwrap().to_string(), r);
     }
     latest
-}
-
-pub(crate) async fn run_to_end(m: &Arc<Manager>, query: &str) {
-    // A bound, not an expectation: a query writing through retries to a Python
-    // emulator, with the whole suite sharing two cores, has taken over 30 s.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let q = m.query_state(query).expect("query exists");
-        let status = format!("{:?}", q.status()).to_lowercase();
-        if status.contains("finished") {
-            return;
-        }
-        assert!(
-            !status.contains("failed"),
-            "query {query} failed: {:?}",
-            q.status()
-        );
-        if Instant::now() > deadline {
-            // Say where it is stuck: the sinks' and streams' connection health.
-            let catalog = m.catalog();
-            let sinks: Vec<String> = catalog
-                .sinks
-                .keys()
-                .filter_map(|n| m.sink_state(n).and_then(|s| s.health.clone()))
-                .map(|h| h.to_json().to_string())
-                .collect();
-            let streams: Vec<String> = catalog
-                .streams
-                .keys()
-                .filter_map(|n| m.stream_state(n).and_then(|s| s.health.clone()))
-                .map(|h| h.to_json().to_string())
-                .collect();
-            panic!("query {query} still {status}; sinks {sinks:?}; streams {streams:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// The seed-004 table in DynamoDB (moto): each device's latest warning, item by item;

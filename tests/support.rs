@@ -1,6 +1,6 @@
 //! What the connector tests share about Sluice itself (test support): an in-process
-//! manager, the JSON lines a `file` sink wrote, a stream's record count, and waiting
-//! for a condition with a deadline.
+//! manager, the JSON lines a `file` sink wrote, a stream's record count, waiting for a
+//! condition or for a query to finish, and `sluice query` on a data directory.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -90,4 +90,42 @@ pub fn sluice_query_env(
     }
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     Ok(doc["rows"].clone())
+}
+
+/// Waits until the query has finished (its input ended), failing the test if it
+/// failed or is still running after a minute, with the health of every connector.
+pub async fn run_to_end(m: &Manager, query: &str) {
+    // A bound, not an expectation: generous for a query writing through retries to a
+    // Python emulator while the whole suite shares two cores.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let q = m.query_state(query).expect("query exists");
+        let status = format!("{:?}", q.status()).to_lowercase();
+        if status.contains("finished") {
+            return;
+        }
+        assert!(
+            !status.contains("failed"),
+            "query {query} failed: {:?}",
+            q.status()
+        );
+        if Instant::now() > deadline {
+            // Say where it is stuck: the sinks' and streams' connection health.
+            let catalog = m.catalog();
+            let sinks: Vec<String> = catalog
+                .sinks
+                .keys()
+                .filter_map(|n| m.sink_state(n).and_then(|s| s.health.clone()))
+                .map(|h| h.to_json().to_string())
+                .collect();
+            let streams: Vec<String> = catalog
+                .streams
+                .keys()
+                .filter_map(|n| m.stream_state(n).and_then(|s| s.health.clone()))
+                .map(|h| h.to_json().to_string())
+                .collect();
+            panic!("query {query} still {status}; sinks {sinks:?}; streams {streams:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
