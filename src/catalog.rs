@@ -1,11 +1,10 @@
-//! The catalog: streams, sinks and queries by name (control plane, between the SQL
-//! layer and the runtime).
+//! The catalog: streams, sinks and queries by name, and the applications they came
+//! in (control plane, between the SQL layer and the runtime).
 //!
-//! Applying an application is all-or-nothing: its statements run against a copy of
-//! the catalog, and the copy replaces the original only if every statement succeeded.
-//! Connector options are checked here too (through [`ConnectorCheck`], which the
-//! runtime implements), so a typo in a sink option fails the submission, not the
-//! first write.
+//! Applying statements is all-or-nothing (see [`apply`] for CREATE, CREATE OR
+//! REPLACE, DROP and whole applications). Connector options are checked here too
+//! (through [`ConnectorCheck`], which the runtime implements), so a typo in a sink
+//! option fails the submission, not the first write.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,7 +15,10 @@ use crate::decode::DecodeColumn;
 use crate::engine::QueryPlan;
 use crate::error::{Error, Position, Result};
 use crate::sql::planner::{ARRIVAL_TIME, Planner, StreamInfo};
-use crate::sql::{self, ObjectKind, Options, Statement};
+use crate::sql::{self, Options};
+
+mod apply;
+pub use apply::Change;
 
 /// Default largest record a stream accepts (bytes); larger ones go to the error output.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
@@ -45,6 +47,10 @@ pub struct StreamDef {
     /// The connector's own options.
     pub options: Options,
     pub info: Arc<StreamInfo>,
+    /// The application it belongs to, if any.
+    pub app: Option<String>,
+    /// Its definition's normal form (see `apply`), to tell a changed one.
+    pub fingerprint: String,
 }
 
 impl StreamDef {
@@ -67,6 +73,10 @@ pub struct SinkDef {
     pub sql: String,
     pub connector: String,
     pub options: Options,
+    /// The application it belongs to, if any.
+    pub app: Option<String>,
+    /// Its definition's normal form (see `apply`), to tell a changed one.
+    pub fingerprint: String,
 }
 
 #[derive(Debug, Clone)]
@@ -74,19 +84,23 @@ pub struct QueryDef {
     pub name: String,
     pub sql: String,
     pub sink: Option<String>,
-    /// The query part, normalized (how `apply_if_missing` recognizes an unnamed
-    /// query it loaded before, whatever name it was given).
+    /// The query part, normalized (how an unnamed query applied again is recognized,
+    /// whatever name it was given).
     pub query_text: String,
     pub plan: Arc<QueryPlan>,
+    /// The application it belongs to, if any.
+    pub app: Option<String>,
+    /// Its definition's normal form (see `apply`), to tell a changed one.
+    pub fingerprint: String,
 }
 
-/// What applying one statement did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    Created(ObjectKind, String),
-    Dropped(ObjectKind, String),
-    /// `IF NOT EXISTS` / `IF EXISTS` made the statement a no-op.
-    Unchanged(ObjectKind, String),
+/// An application: one SQL file, submitted (or loaded from `--queries`) under a
+/// name; its objects carry that name.
+#[derive(Debug, Clone)]
+pub struct AppDef {
+    pub name: String,
+    /// Its text as last applied.
+    pub sql: String,
 }
 
 #[derive(Clone, Default)]
@@ -95,232 +109,12 @@ pub struct Catalog {
     pub streams: BTreeMap<String, StreamDef>,
     pub sinks: BTreeMap<String, SinkDef>,
     pub queries: BTreeMap<String, QueryDef>,
+    pub applications: BTreeMap<String, AppDef>,
 }
 
 impl Catalog {
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Applies a whole application; on any error nothing changes.
-    pub fn apply(&mut self, sql: &str, connectors: &dyn ConnectorCheck) -> Result<Vec<Change>> {
-        self.apply_with(sql, connectors, false)
-    }
-
-    /// Like [`Catalog::apply`], but a statement creating a name that exists is skipped,
-    /// as if it said `IF NOT EXISTS`: loading the same files again changes nothing.
-    pub fn apply_if_missing(
-        &mut self,
-        sql: &str,
-        connectors: &dyn ConnectorCheck,
-    ) -> Result<Vec<Change>> {
-        self.apply_with(sql, connectors, true)
-    }
-
-    fn apply_with(
-        &mut self,
-        sql: &str,
-        connectors: &dyn ConnectorCheck,
-        if_missing: bool,
-    ) -> Result<Vec<Change>> {
-        let statements = sql::parse_application(sql)?;
-        let mut next = self.clone();
-        let mut changes = Vec::with_capacity(statements.len());
-        for s in statements {
-            if if_missing && let Some(existing) = next.existing(&s.statement) {
-                changes.push(existing);
-                continue;
-            }
-            let change = next
-                .apply_one(s.statement, s.text, connectors)
-                .map_err(|e| e.or_at(s.position))?;
-            changes.push(change);
-        }
-        *self = next;
-        Ok(changes)
-    }
-
-    fn apply_one(
-        &mut self,
-        statement: Statement,
-        text: String,
-        connectors: &dyn ConnectorCheck,
-    ) -> Result<Change> {
-        match statement {
-            Statement::CreateStream(s) => {
-                if self.streams.contains_key(&s.name) {
-                    if s.if_not_exists {
-                        return Ok(Change::Unchanged(ObjectKind::Stream, s.name));
-                    }
-                    return Err(Error::user_at(
-                        format!("stream '{}' already exists", s.name),
-                        s.position,
-                    ));
-                }
-                let def = self.stream_def(*s, text, connectors)?;
-                let name = def.name.clone();
-                self.streams.insert(name.clone(), def);
-                Ok(Change::Created(ObjectKind::Stream, name))
-            }
-            Statement::CreateSink(s) => {
-                if self.sinks.contains_key(&s.name) {
-                    if s.if_not_exists {
-                        return Ok(Change::Unchanged(ObjectKind::Sink, s.name));
-                    }
-                    return Err(Error::user_at(
-                        format!("sink '{}' already exists", s.name),
-                        s.position,
-                    ));
-                }
-                let mut options = s.options;
-                let connector = options.require_string("connector", "CREATE SINK")?;
-                connectors
-                    .check_sink(&s.name, &connector, &options)
-                    .map_err(|e| e.or_at(s.position))?;
-                // Keep only the connector's own keys for the runtime.
-                options.take("connector");
-                self.sinks.insert(
-                    s.name.clone(),
-                    SinkDef {
-                        name: s.name.clone(),
-                        sql: text,
-                        connector,
-                        options,
-                    },
-                );
-                Ok(Change::Created(ObjectKind::Sink, s.name))
-            }
-            Statement::Query(q) => {
-                if let Some(sink) = &q.sink
-                    && !self.sinks.contains_key(sink)
-                {
-                    return Err(Error::user_at(
-                        format!(
-                            "unknown sink '{sink}' (create it first with CREATE SINK {sink} WITH (connector = …))"
-                        ),
-                        q.position,
-                    ));
-                }
-                let streams: Vec<Arc<StreamInfo>> =
-                    self.streams.values().map(|s| Arc::clone(&s.info)).collect();
-                let plan = self.planner.plan_query(&q, &streams)?;
-                let name = match &q.name {
-                    Some(n) => {
-                        if self.queries.contains_key(n) {
-                            return Err(Error::user_at(
-                                format!("query '{n}' already exists"),
-                                q.position,
-                            ));
-                        }
-                        n.clone()
-                    }
-                    None => self.fresh_query_name(q.sink.as_deref().unwrap_or("select")),
-                };
-                self.queries.insert(
-                    name.clone(),
-                    QueryDef {
-                        name: name.clone(),
-                        sql: text,
-                        sink: q.sink.clone(),
-                        query_text: q.query.to_string(),
-                        plan: Arc::new(plan),
-                    },
-                );
-                Ok(Change::Created(ObjectKind::Query, name))
-            }
-            Statement::Drop(d) => {
-                let exists = match d.kind {
-                    ObjectKind::Stream => self.streams.contains_key(&d.name),
-                    ObjectKind::Sink => self.sinks.contains_key(&d.name),
-                    ObjectKind::Query => self.queries.contains_key(&d.name),
-                };
-                if !exists {
-                    if d.if_exists {
-                        return Ok(Change::Unchanged(d.kind, d.name));
-                    }
-                    return Err(Error::user_at(
-                        format!("{} '{}' does not exist", d.kind, d.name),
-                        d.position,
-                    ));
-                }
-                let users: Vec<&str> = self
-                    .queries
-                    .values()
-                    .filter(|q| match d.kind {
-                        ObjectKind::Stream => q.plan.stream == d.name,
-                        ObjectKind::Sink => q.sink.as_deref() == Some(d.name.as_str()),
-                        ObjectKind::Query => false,
-                    })
-                    .map(|q| q.name.as_str())
-                    .collect();
-                let error_users: Vec<&str> = match d.kind {
-                    ObjectKind::Sink => self
-                        .streams
-                        .values()
-                        .filter(|s| s.error_sink.as_deref() == Some(d.name.as_str()))
-                        .map(|s| s.name.as_str())
-                        .collect(),
-                    _ => Vec::new(),
-                };
-                if !users.is_empty() || !error_users.is_empty() {
-                    let mut who: Vec<String> =
-                        users.iter().map(|q| format!("query '{q}'")).collect();
-                    who.extend(error_users.iter().map(|s| format!("stream '{s}' (errors)")));
-                    return Err(Error::user_at(
-                        format!(
-                            "{} '{}' is in use by {}; drop those first",
-                            d.kind,
-                            d.name,
-                            who.join(", ")
-                        ),
-                        d.position,
-                    ));
-                }
-                match d.kind {
-                    ObjectKind::Stream => self.streams.remove(&d.name).map(|_| ()),
-                    ObjectKind::Sink => self.sinks.remove(&d.name).map(|_| ()),
-                    ObjectKind::Query => self.queries.remove(&d.name).map(|_| ()),
-                };
-                Ok(Change::Dropped(d.kind, d.name))
-            }
-        }
-    }
-
-    /// The object a CREATE statement would make, when it exists already.
-    fn existing(&self, statement: &Statement) -> Option<Change> {
-        match statement {
-            Statement::CreateStream(s) if self.streams.contains_key(&s.name) => {
-                Some(Change::Unchanged(ObjectKind::Stream, s.name.clone()))
-            }
-            Statement::CreateSink(s) if self.sinks.contains_key(&s.name) => {
-                Some(Change::Unchanged(ObjectKind::Sink, s.name.clone()))
-            }
-            Statement::Query(q) => {
-                if let Some(name) = &q.name {
-                    return self
-                        .queries
-                        .contains_key(name)
-                        .then(|| Change::Unchanged(ObjectKind::Query, name.clone()));
-                }
-                // Unnamed: the same query into the same sink (or none) is the same query.
-                let text = q.query.to_string();
-                self.queries
-                    .values()
-                    .find(|d| d.sink == q.sink && d.query_text == text)
-                    .map(|d| Change::Unchanged(ObjectKind::Query, d.name.clone()))
-            }
-            _ => None,
-        }
-    }
-
-    fn fresh_query_name(&self, base: &str) -> String {
-        if base != "select" && !self.queries.contains_key(base) {
-            return base.to_string();
-        }
-        (1..)
-            .map(|i| format!("{base}_{i}"))
-            .find(|n| !self.queries.contains_key(n))
-            .expect("some name is free")
     }
 
     fn stream_def(
@@ -487,6 +281,8 @@ impl Catalog {
             connector,
             options,
             info,
+            app: None,
+            fingerprint: String::new(),
         })
     }
 

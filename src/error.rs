@@ -32,6 +32,14 @@ pub enum Error {
         message: String,
         position: Option<Position>,
     },
+    /// The request is well-formed but clashes with what exists (a CREATE of a name
+    /// defined differently, a DROP of something in use): the user must act, by
+    /// replacing or dropping first.
+    #[error("{}{message}", position.map(|p| format!("{p}: ")).unwrap_or_default())]
+    Conflict {
+        message: String,
+        position: Option<Position>,
+    },
     /// Something outside Sluice failed (an input file, a broker, a store).
     #[error("{0}")]
     External(String),
@@ -55,6 +63,13 @@ impl Error {
         }
     }
 
+    pub fn conflict_at(message: impl Into<String>, position: Position) -> Self {
+        Error::Conflict {
+            message: message.into(),
+            position: Some(position),
+        }
+    }
+
     pub fn external(message: impl Into<String>) -> Self {
         Error::External(message.into())
     }
@@ -73,14 +88,38 @@ impl Error {
                 message,
                 position: Some(at),
             },
+            Error::Conflict {
+                message,
+                position: None,
+            } => Error::Conflict {
+                message,
+                position: Some(at),
+            },
             other => other,
         }
     }
 
-    /// True when the user must change their input; false when retrying may help or
-    /// the fault is ours.
+    /// The same error without a position: for errors about statements Sluice wrote
+    /// itself (an API action turned into SQL), whose positions mean nothing to the
+    /// user.
+    pub fn without_position(self) -> Self {
+        match self {
+            Error::User { message, .. } => Error::User {
+                message,
+                position: None,
+            },
+            Error::Conflict { message, .. } => Error::Conflict {
+                message,
+                position: None,
+            },
+            other => other,
+        }
+    }
+
+    /// True when the user must change their input (or act on what exists); false
+    /// when retrying may help or the fault is ours.
     pub fn is_user(&self) -> bool {
-        matches!(self, Error::User { .. })
+        matches!(self, Error::User { .. } | Error::Conflict { .. })
     }
 }
 

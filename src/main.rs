@@ -68,8 +68,9 @@ struct ServeArgs {
     /// Where the catalog (and later checkpoints and archives) live.
     #[arg(long, env = "SLUICE_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
-    /// A directory of .sql applications to load at start (by name: loading twice
-    /// changes nothing).
+    /// A directory of .sql applications to load at start, each named after its file:
+    /// at every start a file is its application's whole text (an edited file replaces
+    /// what changed; an unchanged one changes nothing).
     #[arg(long, env = "SLUICE_QUERIES")]
     queries: Option<PathBuf>,
     /// Most queries that may exist at once.
@@ -167,7 +168,7 @@ fn main() -> ExitCode {
                 .unwrap_or_default();
             eprintln!("error: {prefix}{e}");
             ExitCode::from(match e {
-                Error::User { .. } => 1,
+                Error::User { .. } | Error::Conflict { .. } => 1,
                 Error::External(_) => 2,
                 Error::Internal(_) => 3,
             })
@@ -189,7 +190,7 @@ fn load(
         )
     })?;
     catalog
-        .apply(&sql, connectors)
+        .replace_application(&application_of(path), &sql, connectors)
         .map_err(|e| (Some(path.clone()), e))
 }
 
@@ -475,14 +476,29 @@ fn load_dir(manager: &std::sync::Arc<Manager>, dir: &std::path::Path) -> CliResu
                 Error::external(format!("cannot read {}: {e}", f.display())),
             )
         })?;
+        // The file is the application's whole text, at every start: an edited file
+        // replaces what changed, a statement taken out drops its object.
+        let name = application_of(&f);
         let changes = manager
-            .apply_if_missing(&sql)
+            .replace_application(&name, &sql, true)
             .map_err(|e| (Some(f.clone()), e))?;
-        let created = changes
-            .iter()
-            .filter(|c| matches!(c, Change::Created(..)))
-            .count();
-        tracing::info!(file = %f.display(), created, "loaded");
+        let count = |verb: &str| changes.iter().filter(|c| c.verb() == verb).count();
+        tracing::info!(
+            file = %f.display(),
+            application = %name,
+            created = count("created"),
+            replaced = count("replaced"),
+            dropped = count("dropped"),
+            unchanged = count("unchanged"),
+            "loaded"
+        );
     }
     Ok(())
+}
+
+/// The application a SQL file defines: its name without `.sql`.
+fn application_of(path: &std::path::Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
 }

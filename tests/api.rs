@@ -244,20 +244,42 @@ async fn applications_are_all_or_nothing_with_positioned_errors() {
     assert_eq!(api.names("queries").await, ["q"]);
     assert_eq!(api.query("q").await["status"], "running");
 
-    // Submitting it again fails on the first existing name, at its position, and
-    // changes nothing; IF NOT EXISTS makes it a no-op that says so.
+    // Submitting it again changes nothing and says so (200, not 201), comments and
+    // layout notwithstanding.
+    let (status, body) = api
+        .submit(&format!("-- again\n{}", good.replace("\n", "\n  ")))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["changed"], false, "{body}");
+    assert_eq!(
+        body["message"], "identical to what exists: nothing changed",
+        "{body}"
+    );
+    assert_eq!(body["unchanged"].as_array().unwrap().len(), 3, "{body}");
+    // A name defined differently is a conflict (409) at its position, and nothing
+    // of the submission is created.
     let (status, body) = api
         .submit(&format!(
-            "CREATE SINK other WITH (connector = 'stdout');\n{good}"
+            "CREATE SINK other WITH (connector = 'stdout');\n{}",
+            good.replace("temperature FROM", "temperature * 2 AS temperature FROM")
         ))
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert!(error_of(&body).1.contains("already exists"), "{body}");
-    assert_eq!(body["position"], json!({"line": 2, "column": 1}), "{body}");
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (kind, message) = error_of(&body);
+    assert_eq!(kind, "conflict");
+    assert!(
+        message.contains("query 'q' already exists with a different definition")
+            && message.contains("CREATE OR REPLACE QUERY"),
+        "{body}"
+    );
+    assert_eq!(body["position"], json!({"line": 5, "column": 1}), "{body}");
     assert_eq!(api.names("sinks").await, ["out"]);
-    let body = api
-        .submit_ok("CREATE SINK IF NOT EXISTS out WITH (connector = 'stdout');")
+    let (status, body) = api
+        .submit(
+            "CREATE SINK IF NOT EXISTS out WITH (connector = 'redis', url = 'redis://elsewhere');",
+        )
         .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body["unchanged"],
         json!([{"kind": "sink", "name": "out"}]),
@@ -265,8 +287,9 @@ async fn applications_are_all_or_nothing_with_positioned_errors() {
     );
     assert_eq!(body["created"], json!([]), "{body}");
 
-    // DROP in an application reports what it dropped.
-    let body = api.submit_ok("DROP QUERY q; DROP SINK out;").await;
+    // DROP in an application reports what it dropped (200: nothing was created).
+    let (status, body) = api.submit("DROP QUERY q; DROP SINK out;").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body["dropped"],
         json!([{"kind": "query", "name": "q"}, {"kind": "sink", "name": "out"}]),
@@ -376,6 +399,209 @@ async fn applications_arrive_as_text_or_multipart_within_the_size_limit() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     assert_eq!(error_of(&body).0, "too_large");
     assert_eq!(api.names("sinks").await, ["a", "b"]);
+}
+
+/// Records into the test's `http` stream `r`, answered 200.
+async fn ingest_ok(api: &Api, rows: &str) {
+    let (status, body) = api.ingest("r", "application/json", rows).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applications_are_named_replaced_listed_and_deleted() {
+    let api = Api::new();
+    let v1 = format!(
+        "{HTTP_STREAM}-- hot readings\n\
+         CREATE QUERY hot AS SELECT deviceId, temperature FROM r WHERE temperature > 50;\n\
+         CREATE QUERY cold AS SELECT deviceId FROM r WHERE temperature < 0;\n"
+    );
+    let (status, body) = api
+        .call(
+            "POST",
+            "/applications?name=climate",
+            Some("application/sql"),
+            v1.clone(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["application"], "climate", "{body}");
+    ingest_ok(&api, r#"[{"deviceId": 1, "temperature": 60, "ts": 1}]"#).await;
+    assert_eq!(api.query("hot").await["records_out"], 1);
+
+    // The same text under PUT: nothing changes, the queries keep their counters.
+    let (status, body) = api
+        .call(
+            "PUT",
+            "/applications/climate",
+            Some("text/plain"),
+            v1.clone(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["changed"], false, "{body}");
+    assert_eq!(api.query("hot").await["records_out"], 1);
+
+    // An edited text: `hot` changed (replaced: it restarts), `cold` is gone
+    // (dropped), `warm` is new; the stream is unchanged.
+    let v2 = format!(
+        "{HTTP_STREAM}CREATE QUERY hot AS SELECT deviceId, temperature FROM r WHERE temperature > 80;\n\
+         CREATE QUERY warm AS SELECT deviceId FROM r WHERE temperature BETWEEN 20 AND 30;\n"
+    );
+    let (status, body) = api
+        .call(
+            "PUT",
+            "/applications/climate",
+            Some("text/plain"),
+            v2.clone(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        body["replaced"],
+        json!([{"kind": "query", "name": "hot"}]),
+        "{body}"
+    );
+    assert_eq!(
+        body["dropped"],
+        json!([{"kind": "query", "name": "cold"}]),
+        "{body}"
+    );
+    assert_eq!(
+        body["created"],
+        json!([{"kind": "query", "name": "warm"}]),
+        "{body}"
+    );
+    assert_eq!(
+        body["unchanged"],
+        json!([{"kind": "stream", "name": "r"}]),
+        "{body}"
+    );
+    assert_eq!(api.names("queries").await, ["hot", "warm"]);
+    let hot = api.query("hot").await;
+    assert_eq!(
+        (hot["status"].as_str(), hot["records_out"].as_u64()),
+        (Some("running"), Some(0)),
+        "{hot}"
+    );
+    assert!(hot["sql"].as_str().unwrap().contains("> 80"), "{hot}");
+    ingest_ok(&api, r#"[{"deviceId": 2, "temperature": 90, "ts": 2}, {"deviceId": 3, "temperature": 25, "ts": 2}]"#).await;
+    assert_eq!(api.query("hot").await["records_out"], 1);
+    assert_eq!(api.query("warm").await["records_out"], 1);
+
+    // Listed, with its objects and what the last submission did; one by name has
+    // its text.
+    let (status, list) = api.get("/applications").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list["applications"][0]["name"], "climate", "{list}");
+    let (status, app) = api.get("/applications/climate").await;
+    assert_eq!(status, StatusCode::OK, "{app}");
+    assert_eq!(app["sql"], v2.as_str(), "{app}");
+    assert_eq!(
+        app["objects"],
+        json!([
+            {"kind": "stream", "name": "r"},
+            {"kind": "query", "name": "hot", "status": "running"},
+            {"kind": "query", "name": "warm", "status": "running"},
+        ]),
+        "{app}"
+    );
+    assert_eq!(
+        app["last_change"]["dropped"],
+        json!([{"kind": "query", "name": "cold"}]),
+        "{app}"
+    );
+
+    // Another application reads `r` but cannot redefine it; and while it reads it,
+    // `climate` cannot be deleted.
+    let (status, body) = api
+        .call(
+            "PUT",
+            "/applications/audit",
+            Some("text/plain"),
+            "CREATE QUERY every AS SELECT deviceId FROM r;".to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = api
+        .call(
+            "PUT",
+            "/applications/audit",
+            Some("text/plain"),
+            "CREATE STREAM r (x INT) WITH (connector = 'http');".to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        error_of(&body)
+            .1
+            .contains("belongs to application 'climate'"),
+        "{body}"
+    );
+    let (status, body) = api.delete("/applications/climate").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(error_of(&body).1.contains("query 'every'"), "{body}");
+    assert!(body.get("position").is_none(), "{body}");
+    assert_eq!(api.names("queries").await, ["every", "hot", "warm"]);
+
+    // Deleted in order of dependence, they leave nothing behind.
+    let (status, body) = api.delete("/applications/audit").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["dropped"],
+        json!([{"kind": "query", "name": "every"}]),
+        "{body}"
+    );
+    let (status, body) = api.delete("/applications/climate").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    api.assert_empty().await;
+    let (status, list) = api.get("/applications").await;
+    assert_eq!(
+        (status, &list["applications"]),
+        (StatusCode::OK, &json!([])),
+        "{list}"
+    );
+    let (status, body) = api.get("/applications/climate").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = api
+        .call(
+            "PUT",
+            "/applications/bad%20name",
+            Some("text/plain"),
+            "SELECT 1".to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_stream_restarts_the_queries_that_read_it() {
+    let api = Api::new();
+    api.submit_ok(&format!(
+        "{HTTP_STREAM}CREATE QUERY q AS SELECT deviceId, temperature FROM r WHERE temperature > 50;"
+    ))
+    .await;
+    // A new column: the query plans again over it, and records with it flow.
+    let (status, body) = api
+        .submit(
+            "CREATE OR REPLACE STREAM r (deviceId INT NOT NULL, temperature DOUBLE, \
+             room TEXT) WITH (connector = 'http');",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["replaced"],
+        json!([{"kind": "stream", "name": "r"}]),
+        "{body}"
+    );
+    assert_eq!(api.query("q").await["status"], "running");
+    ingest_ok(&api, r#"[{"deviceId": 7, "temperature": 70, "room": "a"}]"#).await;
+    assert_eq!(api.query("q").await["records_out"], 1);
+    // A replacement its queries cannot read is refused, naming the query.
+    let (status, body) = api
+        .submit("CREATE OR REPLACE STREAM r (id INT) WITH (connector = 'http');")
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(error_of(&body).1.contains("query 'q'"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,10 @@
 //! `sluice serve`, the real binary over real sockets: a restart (SIGTERM, which must
 //! finish within seconds even with a WebSocket open) brings back every stream, sink and
 //! query with the same SQL, running ones running and stopped ones stopped, and the
-//! running ones process new records; `--queries DIR` loads by name, so starting twice
-//! creates nothing twice and restarts nothing the user stopped; the token guards the
+//! running ones process new records; a catalog entry that no longer applies is skipped
+//! and kept; `--queries DIR` files are applications, so starting twice creates nothing
+//! twice and restarts nothing the user stopped, and an edited file replaces what
+//! changed; the token guards the
 //! API, WebSockets included; and an OpenAPI-driven fuzz run (schemathesis) against the
 //! live server, seeded with real objects, gets no 5xx.
 
@@ -478,6 +480,154 @@ fn loading_a_queries_directory_twice_does_not_duplicate_an_unnamed_select() {
     first.terminate();
     let second = Server::start(&dir, "second", &args, &[]);
     assert_eq!(second.catalog(), before);
+}
+
+#[test]
+fn an_edited_queries_file_replaces_what_changed_at_the_next_start() {
+    let dir = scratch("service_queries_edited");
+    let data = dir.join("data");
+    let queries = dir.join("queries");
+    std::fs::create_dir_all(&queries).unwrap();
+    let file = queries.join("inbox.sql");
+    std::fs::write(
+        &file,
+        "CREATE STREAM inbox (x INT) WITH (connector = 'http');\n\
+         CREATE QUERY big AS SELECT x FROM inbox WHERE x > 10;\n\
+         CREATE QUERY small AS SELECT x FROM inbox WHERE x < 0;\n",
+    )
+    .unwrap();
+    let args = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--queries",
+        queries.to_str().unwrap(),
+    ];
+    let mut first = Server::start(&dir, "first", &args, &[]);
+    // Over HTTP, an application whose last statement ends in a comment and no `;`
+    // (which once made the next start fail on the whole catalog).
+    let r = first.post(
+        "/applications?name=tail",
+        "text/plain",
+        "CREATE STREAM t (y INT) WITH (connector = 'http');\nSELECT y FROM t -- the end",
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let (status, _) = first.terminate();
+    assert!(status.success(), "{}", first.stderr_text());
+
+    // Edited: `big` changed, `small` is gone, `huge` is new.
+    std::fs::write(
+        &file,
+        "CREATE STREAM inbox (x INT) WITH (connector = 'http');\n\
+         -- a comment changes nothing\n\
+         CREATE QUERY big AS SELECT x FROM inbox WHERE x > 100;\n\
+         CREATE QUERY huge AS SELECT x FROM inbox WHERE x > 1000;\n",
+    )
+    .unwrap();
+    let mut second = Server::start(&dir, "second", &args, &[]);
+    let app = second.get_json("/applications/inbox");
+    let last = &app["last_change"];
+    assert_eq!(
+        last["replaced"],
+        json!([{"kind": "query", "name": "big"}]),
+        "{app}"
+    );
+    assert_eq!(
+        last["dropped"],
+        json!([{"kind": "query", "name": "small"}]),
+        "{app}"
+    );
+    assert_eq!(
+        last["created"],
+        json!([{"kind": "query", "name": "huge"}]),
+        "{app}"
+    );
+    assert_eq!(
+        last["unchanged"],
+        json!([{"kind": "stream", "name": "inbox"}]),
+        "{app}"
+    );
+    assert!(
+        second.get_json("/queries/big")["sql"]
+            .as_str()
+            .unwrap()
+            .contains("x > 100"),
+        "{app}"
+    );
+    assert_eq!(second.get("/queries/small").status, 404);
+    // The HTTP application came back too, its query running.
+    let tail = second.get_json("/applications/tail");
+    assert_eq!(tail["objects"][1]["status"], "running", "{tail}");
+    let log = second.stderr_text();
+    assert!(log.contains("query replaced 'big'"), "{log}");
+    assert!(log.contains("query dropped 'small'"), "{log}");
+    let (status, _) = second.terminate();
+    assert!(status.success(), "{}", second.stderr_text());
+
+    // Unedited: nothing changes.
+    let third = Server::start(&dir, "third", &args, &[]);
+    let app = third.get_json("/applications/inbox");
+    assert_eq!(
+        app["last_change"]["unchanged"].as_array().unwrap().len(),
+        3,
+        "{app}"
+    );
+    assert_eq!(app["last_change"]["replaced"], json!([]), "{app}");
+}
+
+#[test]
+fn a_catalog_entry_that_no_longer_applies_is_skipped_and_kept() {
+    let dir = scratch("service_catalog_skipped");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // A version 1 catalog (before applications had names) with one stream whose
+    // option this version refuses, and a query reading it.
+    let catalog = json!({
+        "version": 1,
+        "sinks": [],
+        "streams": [
+            {"name": "good", "sql": "CREATE STREAM good (x INT) WITH (connector = 'http')"},
+            {"name": "bad", "sql": "CREATE STREAM bad (x INT) WITH (connector = 'http', colour = 'red')"}
+        ],
+        "queries": [
+            {"name": "q_good", "sql": "CREATE QUERY q_good AS SELECT x FROM good", "running": true},
+            {"name": "q_bad", "sql": "CREATE QUERY q_bad AS SELECT x FROM bad", "running": true}
+        ]
+    });
+    std::fs::write(data.join("catalog.json"), catalog.to_string()).unwrap();
+    let mut server = Server::start(
+        &dir,
+        "skipped",
+        &["--data-dir", data.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(server.get_json("/queries/q_good")["status"], "running");
+    let apps = server.get_json("/applications");
+    let skipped: Vec<(&str, &str)> = apps["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["kind"].as_str().unwrap(), s["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(skipped, [("stream", "bad"), ("query", "q_bad")], "{apps}");
+    assert!(
+        apps["skipped"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("colour"),
+        "{apps}"
+    );
+    assert!(server.stderr_text().contains("no longer applies"));
+    // A change rewrites the catalog file; the skipped entries stay in it.
+    let r = server.post(
+        "/applications",
+        "text/plain",
+        "CREATE STREAM more (x INT) WITH (connector = 'http');",
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    server.terminate();
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("catalog.json")).unwrap()).unwrap();
+    assert_eq!(file["skipped"].as_array().unwrap().len(), 2, "{file}");
 }
 
 #[test]

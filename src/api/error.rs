@@ -88,6 +88,12 @@ impl From<Error> for ApiError {
                 message,
                 position,
             },
+            Error::Conflict { message, position } => ApiError {
+                status: StatusCode::CONFLICT,
+                kind: "conflict",
+                message,
+                position,
+            },
             Error::External(m) => {
                 tracing::warn!("external failure: {m}");
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)

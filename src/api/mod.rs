@@ -81,7 +81,16 @@ pub fn app(manager: Arc<Manager>, options: ApiOptions) -> Router {
         .route("/metrics", get(metrics::render))
         .route(
             "/applications",
-            post(submit_application).layer(DefaultBodyLimit::max(sql_limit)),
+            post(submit_application)
+                .get(list_applications)
+                .layer(DefaultBodyLimit::max(sql_limit)),
+        )
+        .route(
+            "/applications/{name}",
+            get(get_application)
+                .put(put_application)
+                .delete(delete_application)
+                .layer(DefaultBodyLimit::max(sql_limit)),
         )
         .route("/queries", get(list_queries))
         .route("/queries/{name}", get(get_query).delete(delete_query))
@@ -155,19 +164,179 @@ async fn dashboard() -> Html<&'static str> {
     Html(include_str!("dashboard.html"))
 }
 
-/// `POST /applications`: a SQL file as the body (text/plain) or as a multipart upload.
+/// `POST /applications[?name=…]`: a SQL file as the body (text/plain) or as a
+/// multipart upload (whose file name, without `.sql`, names the application when
+/// `name` does not). What it creates belongs to the named application; submitting
+/// the same statements again changes nothing and says so (200 instead of 201).
 async fn submit_application(
     State(state): State<AppState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
     req: Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let mut name = None;
+    for (k, v) in form_pairs(query.as_deref().unwrap_or(""))? {
+        match k.as_str() {
+            "name" => name = Some(v),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter '{other}'; use name"
+                )));
+            }
+        }
+    }
+    let (sql, file_name) = read_sql(&state, &headers, req).await?;
+    let app = match name.or(file_name) {
+        Some(n) => Some(application_name(&n)?),
+        None => None,
+    };
+    let manager = Arc::clone(&state.manager);
+    let submitted = app.clone();
+    let changes =
+        tokio::task::spawn_blocking(move || manager.apply_untrusted(submitted.as_deref(), &sql))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(changes_response(app.as_deref(), &changes))
+}
+
+/// `PUT /applications/{name}`: the application's whole text. What is identical
+/// keeps running, what changed is replaced, what the text no longer defines is
+/// dropped.
+async fn put_application(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    req: Request,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let app = application_name(&name)?;
+    let (sql, _) = read_sql(&state, &headers, req).await?;
+    let manager = Arc::clone(&state.manager);
+    let target = app.clone();
+    let changes =
+        tokio::task::spawn_blocking(move || manager.replace_application(&target, &sql, false))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(changes_response(Some(&app), &changes))
+}
+
+/// `GET /applications`: every application with its objects, and the persisted
+/// entries the last restart could not restore.
+async fn list_applications(State(state): State<AppState>) -> Json<Value> {
+    let catalog = state.manager.catalog();
+    let apps: Vec<Value> = catalog
+        .applications
+        .keys()
+        .map(|name| application_json(&state, &catalog, name, false))
+        .collect();
+    let skipped: Vec<Value> = state
+        .manager
+        .skipped()
+        .iter()
+        .map(|s| json!({"kind": s.kind, "name": s.name, "application": s.app, "reason": s.reason, "sql": s.sql}))
+        .collect();
+    Json(json!({ "applications": apps, "skipped": skipped }))
+}
+
+/// `GET /applications/{name}`: its text, its objects and their state, and what the
+/// last submission did.
+async fn get_application(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let catalog = state.manager.catalog();
+    if !catalog.applications.contains_key(&name) {
+        return Err(ApiError::not_found(format!(
+            "application '{name}' does not exist"
+        )));
+    }
+    Ok(Json(application_json(&state, &catalog, &name, true)))
+}
+
+/// `DELETE /applications/{name}`: drops its queries, sinks and streams (409 when
+/// another application still uses one of them).
+async fn delete_application(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !state.manager.catalog().applications.contains_key(&name) {
+        return Err(ApiError::not_found(format!(
+            "application '{name}' does not exist"
+        )));
+    }
+    let manager = Arc::clone(&state.manager);
+    let target = name.clone();
+    let changes = tokio::task::spawn_blocking(move || manager.drop_application(&target))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(Json(changes_response(Some(&name), &changes).1.0))
+}
+
+fn application_json(
+    state: &AppState,
+    catalog: &crate::catalog::Catalog,
+    name: &str,
+    with_sql: bool,
+) -> Value {
+    let mut objects = Vec::new();
+    for kind in [ObjectKind::Stream, ObjectKind::Sink, ObjectKind::Query] {
+        for object in catalog.objects_of(name, kind) {
+            let status = match kind {
+                ObjectKind::Query => state
+                    .manager
+                    .query_state(&object)
+                    .map(|q| json!(query_status(&q).0)),
+                _ => None,
+            };
+            let mut o = json!({"kind": kind, "name": object});
+            if let Some(s) = status {
+                o["status"] = s;
+            }
+            objects.push(o);
+        }
+    }
+    let mut v = json!({ "name": name, "objects": objects });
+    if let Some((at, changes)) = state.manager.last_change(name) {
+        let mut last = changes_json(&changes);
+        last["at"] = json!(fmt_ts(at));
+        v["last_change"] = last;
+    }
+    if with_sql {
+        v["sql"] = json!(catalog.applications.get(name).map(|a| a.sql.as_str()));
+    }
+    v
+}
+
+/// An application's name: what a file stem or a URL path segment may hold.
+fn application_name(name: &str) -> Result<String, ApiError> {
+    let name = name.trim();
+    let name = name.strip_suffix(".sql").unwrap_or(name);
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !ok {
+        return Err(ApiError::bad_request(format!(
+            "'{name}' is not a valid application name: 1 to 128 letters, digits, '_', '-' or '.'"
+        )));
+    }
+    Ok(name.to_string())
+}
+
+/// The SQL of a request: its body (text/plain, application/sql) or its first
+/// multipart file, and that file's name.
+async fn read_sql(
+    state: &AppState,
+    headers: &HeaderMap,
+    req: Request,
+) -> Result<(String, Option<String>), ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("text/plain")
         .to_ascii_lowercase();
-    let sql = if content_type.starts_with("multipart/form-data") {
-        let mut form = Multipart::from_request(req, &state)
+    if content_type.starts_with("multipart/form-data") {
+        let mut form = Multipart::from_request(req, state)
             .await
             .map_err(|e| ApiError::bad_request(e.body_text()))?;
         // The first field is the file, whatever its name.
@@ -176,39 +345,52 @@ async fn submit_application(
             .await
             .map_err(multipart_error)?
             .ok_or_else(|| ApiError::bad_request("the form has no file"))?;
+        let file_name = field.file_name().map(str::to_string);
         let bytes = field.bytes().await.map_err(multipart_error)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| ApiError::bad_request("the SQL file is not UTF-8"))?
+        let sql = String::from_utf8(bytes.to_vec())
+            .map_err(|_| ApiError::bad_request("the SQL file is not UTF-8"))?;
+        Ok((sql, file_name))
     } else if content_type.starts_with("text/") || content_type.starts_with("application/sql") {
-        let body = Bytes::from_request(req, &state)
+        let body = Bytes::from_request(req, state)
             .await
             .map_err(|e| ApiError::from_rejection(e.status(), e.body_text()))?;
-        String::from_utf8(body.to_vec())
-            .map_err(|_| ApiError::bad_request("the SQL is not UTF-8"))?
+        let sql = String::from_utf8(body.to_vec())
+            .map_err(|_| ApiError::bad_request("the SQL is not UTF-8"))?;
+        Ok((sql, None))
     } else {
-        return Err(ApiError::unsupported_media_type(
+        Err(ApiError::unsupported_media_type(
             "send the SQL as text/plain, or as a multipart/form-data file upload",
-        ));
+        ))
+    }
+}
+
+fn changes_json(changes: &[Change]) -> Value {
+    let mut v = json!({"created": [], "replaced": [], "dropped": [], "unchanged": []});
+    for c in changes {
+        if let Some(list) = v[c.verb()].as_array_mut() {
+            list.push(json!({"kind": c.kind(), "name": c.name()}));
+        }
+    }
+    v
+}
+
+/// What a submission did: 201 when it created something, 200 otherwise, with a
+/// sentence for the one case that surprises (nothing changed).
+fn changes_response(app: Option<&str>, changes: &[Change]) -> (StatusCode, Json<Value>) {
+    let mut body = changes_json(changes);
+    body["application"] = json!(app);
+    let changed = changes.iter().any(|c| !matches!(c, Change::Unchanged(..)));
+    body["changed"] = json!(changed);
+    if !changed {
+        body["message"] = json!("identical to what exists: nothing changed");
+    }
+    let created = changes.iter().any(|c| matches!(c, Change::Created(..)));
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
     };
-    let manager = Arc::clone(&state.manager);
-    let changes = tokio::task::spawn_blocking(move || manager.apply_untrusted(&sql))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
-    let list = |want: fn(&Change) -> Option<(ObjectKind, &String)>| -> Vec<Value> {
-        changes
-            .iter()
-            .filter_map(want)
-            .map(|(k, n)| json!({"kind": k.to_string(), "name": n}))
-            .collect()
-    };
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "created": list(|c| match c { Change::Created(k, n) => Some((*k, n)), _ => None }),
-            "dropped": list(|c| match c { Change::Dropped(k, n) => Some((*k, n)), _ => None }),
-            "unchanged": list(|c| match c { Change::Unchanged(k, n) => Some((*k, n)), _ => None }),
-        })),
-    ))
+    (status, Json(body))
 }
 
 /// A failed upload is the client's: too large (413) or malformed (400), never a 5xx.
@@ -220,14 +402,19 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     ApiError::from_rejection(status, e.body_text())
 }
 
-pub(crate) fn query_json(q: &QueryState) -> Value {
-    let now = SystemClock.now_ms();
-    let (status, error) = match q.status() {
+/// A query's status word, and the reason when it failed.
+fn query_status(q: &QueryState) -> (&'static str, Option<String>) {
+    match q.status() {
         QueryStatus::Running => ("running", None),
         QueryStatus::Stopped => ("stopped", None),
         QueryStatus::Finished => ("finished", None),
         QueryStatus::Failed(e) => ("failed", Some(e)),
-    };
+    }
+}
+
+pub(crate) fn query_json(q: &QueryState) -> Value {
+    let now = SystemClock.now_ms();
+    let (status, error) = query_status(q);
     let wm = q.watermark().filter(|&w| w != i64::MAX);
     json!({
         "name": q.name,

@@ -54,6 +54,102 @@ pub(super) async fn document() -> Json<Value> {
     };
     let (streams, stream) = object_routes("stream", "#/components/schemas/Stream");
     let (sinks, sink) = object_routes("sink", "#/components/schemas/Sink");
+    let changes = json!({ "$ref": "#/components/schemas/Changes" });
+    let sql_body = json!({ "required": true, "content": {
+        "text/plain": { "schema": { "type": "string" } },
+        "application/sql": { "schema": { "type": "string" } },
+        "multipart/form-data": { "schema": { "type": "object", "properties": { "file": { "type": "string", "format": "binary" } } } }
+    } });
+    let applications = json!({
+        "post": {
+            "summary": "Submit statements (a SQL file), as application `name` when given: all apply, or none; identical ones change nothing",
+            "security": secured,
+            "parameters": [{ "name": "name", "in": "query", "required": false, "description": "the application (letters, digits, '_', '-', '.'); a multipart upload's file name otherwise", "schema": { "type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$" } }],
+            "requestBody": sql_body.clone(),
+            "responses": {
+                "200": json_response("nothing created (identical to what exists, or only replaced or dropped)", changes.clone()),
+                "201": json_response("applied, something created", changes.clone()),
+                "400": error_response("invalid SQL or options, with the position"),
+                "401": error_response("missing or wrong token"),
+                "409": error_response("a name exists with a different definition, or is in use"),
+                "413": error_response("too large"),
+                "415": error_response("not text/plain or multipart")
+            }
+        },
+        "get": { "summary": "List applications, and persisted entries a restart could not restore", "security": secured,
+            "responses": { "200": json_response("the applications", json!({ "type": "object", "required": ["applications", "skipped"], "properties": {
+                "applications": { "type": "array", "items": { "$ref": "#/components/schemas/Application" } },
+                "skipped": { "type": "array", "items": { "type": "object" } }
+            } })), "401": error_response("missing or wrong token") } }
+    });
+    let application = json!({
+        "get": { "summary": "One application: its text, objects and last change", "security": secured, "parameters": [name_param("application")],
+            "responses": { "200": json_response("found", json!({ "$ref": "#/components/schemas/Application" })), "401": error_response("missing or wrong token"), "404": error_response("no such application") } },
+        "put": {
+            "summary": "Replace an application with its whole text: identical objects stay, changed ones are replaced, missing ones dropped",
+            "security": secured,
+            "parameters": [name_param("application")],
+            "requestBody": sql_body,
+            "responses": {
+                "200": json_response("applied, nothing created", changes.clone()),
+                "201": json_response("applied, something created", changes.clone()),
+                "400": error_response("invalid SQL, options or name"),
+                "401": error_response("missing or wrong token"),
+                "409": error_response("an object belongs to another application, or is in use"),
+                "413": error_response("too large"),
+                "415": error_response("not text/plain or multipart")
+            }
+        },
+        "delete": { "summary": "Drop an application's queries, sinks and streams", "security": secured, "parameters": [name_param("application")],
+            "responses": { "200": json_response("dropped", changes), "401": error_response("missing or wrong token"), "404": error_response("no such application"), "409": error_response("another application uses one of its objects") } }
+    });
+    let adhoc = json!({ "post": {
+                "summary": "One read-only SQL statement over archives and embedded tables (JSON, CSV or Arrow IPC)",
+                "security": secured,
+                "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["sql"], "additionalProperties": false, "properties": {
+                        "sql": { "type": "string" },
+                        "limit": { "type": "integer", "minimum": 0, "maximum": 100000 },
+                        "format": { "type": "string", "enum": ["json", "csv", "arrow"] }
+                    }
+                } } } },
+                "responses": {
+                    "200": { "description": "the rows", "content": {
+                        "application/json": { "schema": { "type": "object", "required": ["columns", "rows", "row_count", "truncated"], "properties": {
+                            "columns": { "type": "array", "items": { "type": "object" } },
+                            "rows": { "type": "array", "items": { "type": "object" } },
+                            "row_count": { "type": "integer" }, "truncated": { "type": "boolean" },
+                            "elapsed_ms": { "type": "number" }
+                        } } },
+                        "text/csv": { "schema": { "type": "string" } },
+                        "application/vnd.apache.arrow.stream": { "schema": { "type": "string", "format": "binary" } }
+                    } },
+                    "400": error_response("not a read-only query, bad SQL (with its position), over a limit"),
+                    "401": error_response("missing or wrong token"),
+                    "503": error_response("a store could not be read")
+                }
+            } });
+    let table_items = json!({ "get": {
+                "summary": "Items of an embedded table ('table' sink), in key order; the sort-key range is inclusive",
+                "security": secured,
+                "parameters": [
+                    name_param("table"),
+                    { "name": "pk", "in": "query", "required": false, "description": "partition key (all partitions when absent)", "schema": { "type": "string" } },
+                    { "name": "sk_from", "in": "query", "required": false, "description": "smallest sort key", "schema": { "type": "string" } },
+                    { "name": "sk_to", "in": "query", "required": false, "description": "largest sort key", "schema": { "type": "string" } },
+                    { "name": "limit", "in": "query", "required": false, "description": "most items (1 to 10000, default 10000)", "schema": { "type": "integer", "minimum": 1, "maximum": 10000 } }
+                ],
+                "responses": {
+                    "200": json_response("the items", json!({ "type": "object", "required": ["table", "count", "items"], "properties": {
+                        "table": { "type": "string" }, "partition_key": { "type": "string", "nullable": true },
+                        "sort_key": { "type": "string", "nullable": true }, "count": { "type": "integer" },
+                        "items": { "type": "array", "items": { "type": "object" } }
+                    } })),
+                    "400": error_response("bad parameter"),
+                    "401": error_response("missing or wrong token"),
+                    "404": error_response("no such table")
+                }
+            } });
     Json(json!({
         "openapi": "3.0.3",
         "info": {
@@ -103,9 +199,19 @@ pub(super) async fn document() -> Json<Value> {
                     "writer": { "type": "object" }
                 } },
                 "Changes": { "type": "object", "properties": {
+                    "application": { "type": "string", "nullable": true },
+                    "changed": { "type": "boolean" },
+                    "message": { "type": "string" },
                     "created": { "type": "array", "items": { "type": "object" } },
+                    "replaced": { "type": "array", "items": { "type": "object" } },
                     "dropped": { "type": "array", "items": { "type": "object" } },
                     "unchanged": { "type": "array", "items": { "type": "object" } }
+                } },
+                "Application": { "type": "object", "required": ["name", "objects"], "properties": {
+                    "name": { "type": "string" },
+                    "sql": { "type": "string" },
+                    "objects": { "type": "array", "items": { "type": "object" } },
+                    "last_change": { "type": "object" }
                 } },
                 "IngestReport": { "type": "object", "required": ["accepted", "rejected", "errors"], "properties": {
                     "accepted": { "type": "integer" }, "rejected": { "type": "integer" },
@@ -117,21 +223,8 @@ pub(super) async fn document() -> Json<Value> {
             "/healthz": { "get": { "summary": "Liveness", "responses": { "200": json_response("alive", json!({ "type": "object" })) } } },
             "/metrics": { "get": { "summary": "Prometheus metrics", "security": secured,
                 "responses": { "200": { "description": "text exposition", "content": { "text/plain": { "schema": { "type": "string" } } } }, "401": error_response("missing or wrong token") } } },
-            "/applications": { "post": {
-                "summary": "Submit an application (a SQL file): all statements apply, or none",
-                "security": secured,
-                "requestBody": { "required": true, "content": {
-                    "text/plain": { "schema": { "type": "string" } },
-                    "multipart/form-data": { "schema": { "type": "object", "properties": { "file": { "type": "string", "format": "binary" } } } }
-                } },
-                "responses": {
-                    "201": json_response("applied", json!({ "$ref": "#/components/schemas/Changes" })),
-                    "400": error_response("invalid SQL or options, with the position"),
-                    "401": error_response("missing or wrong token"),
-                    "413": error_response("too large"),
-                    "415": error_response("not text/plain or multipart")
-                }
-            } },
+            "/applications": applications,
+            "/applications/{name}": application,
             "/queries": { "get": { "summary": "List queries", "security": secured,
                 "responses": { "200": json_response("all queries", json!({ "type": "array", "items": query })), "401": error_response("missing or wrong token") } } },
             "/queries/{name}": {
@@ -176,53 +269,8 @@ pub(super) async fn document() -> Json<Value> {
                     "401": error_response("missing or wrong token")
                 }
             } },
-            "/query": { "post": {
-                "summary": "One read-only SQL statement over archives and embedded tables (JSON, CSV or Arrow IPC)",
-                "security": secured,
-                "requestBody": { "required": true, "content": { "application/json": { "schema": {
-                    "type": "object", "required": ["sql"], "additionalProperties": false, "properties": {
-                        "sql": { "type": "string" },
-                        "limit": { "type": "integer", "minimum": 0, "maximum": 100000 },
-                        "format": { "type": "string", "enum": ["json", "csv", "arrow"] }
-                    }
-                } } } },
-                "responses": {
-                    "200": { "description": "the rows", "content": {
-                        "application/json": { "schema": { "type": "object", "required": ["columns", "rows", "row_count", "truncated"], "properties": {
-                            "columns": { "type": "array", "items": { "type": "object" } },
-                            "rows": { "type": "array", "items": { "type": "object" } },
-                            "row_count": { "type": "integer" }, "truncated": { "type": "boolean" },
-                            "elapsed_ms": { "type": "number" }
-                        } } },
-                        "text/csv": { "schema": { "type": "string" } },
-                        "application/vnd.apache.arrow.stream": { "schema": { "type": "string", "format": "binary" } }
-                    } },
-                    "400": error_response("not a read-only query, bad SQL (with its position), over a limit"),
-                    "401": error_response("missing or wrong token"),
-                    "503": error_response("a store could not be read")
-                }
-            } },
-            "/tables/{name}/items": { "get": {
-                "summary": "Items of an embedded table ('table' sink), in key order; the sort-key range is inclusive",
-                "security": secured,
-                "parameters": [
-                    name_param("table"),
-                    { "name": "pk", "in": "query", "required": false, "description": "partition key (all partitions when absent)", "schema": { "type": "string" } },
-                    { "name": "sk_from", "in": "query", "required": false, "description": "smallest sort key", "schema": { "type": "string" } },
-                    { "name": "sk_to", "in": "query", "required": false, "description": "largest sort key", "schema": { "type": "string" } },
-                    { "name": "limit", "in": "query", "required": false, "description": "most items (1 to 10000, default 10000)", "schema": { "type": "integer", "minimum": 1, "maximum": 10000 } }
-                ],
-                "responses": {
-                    "200": json_response("the items", json!({ "type": "object", "required": ["table", "count", "items"], "properties": {
-                        "table": { "type": "string" }, "partition_key": { "type": "string", "nullable": true },
-                        "sort_key": { "type": "string", "nullable": true }, "count": { "type": "integer" },
-                        "items": { "type": "array", "items": { "type": "object" } }
-                    } })),
-                    "400": error_response("bad parameter"),
-                    "401": error_response("missing or wrong token"),
-                    "404": error_response("no such table")
-                }
-            } }
+            "/query": adhoc,
+            "/tables/{name}/items": table_items
         }
     }))
 }

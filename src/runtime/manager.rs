@@ -261,6 +261,10 @@ struct Inner {
     streams: HashMap<String, StreamRun>,
     stream_states: HashMap<String, Arc<StreamState>>,
     sinks: HashMap<String, SinkRun>,
+    /// Per application: when it was last applied and what that did.
+    app_log: BTreeMap<String, (i64, Vec<Change>)>,
+    /// Persisted entries the last restore could not apply.
+    skipped: Vec<Skipped>,
 }
 
 /// The running service: catalog, queries and their tasks.
@@ -280,6 +284,8 @@ impl Manager {
                 streams: HashMap::new(),
                 stream_states: HashMap::new(),
                 sinks: HashMap::new(),
+                app_log: BTreeMap::new(),
+                skipped: Vec::new(),
             }),
             shutdown: watch::channel(false).0,
         })
@@ -290,6 +296,9 @@ impl Manager {
     }
 
     /// Restores the persisted catalog and restarts the queries that were running.
+    /// Each object is restored alone: one that no longer applies (a connector option
+    /// this version refuses, a stream it reads that was skipped) is logged, kept in the
+    /// catalog file and shown by `GET /applications`, and the others still start.
     pub fn restore(self: &Arc<Self>) -> Result<usize> {
         let Some(path) = &self.options.catalog_file else {
             return Ok(0);
@@ -297,99 +306,202 @@ impl Manager {
         let Some(persisted) = Persisted::read(path)? else {
             return Ok(0);
         };
-        let sql = persisted.sql();
         let mut inner = self.lock();
-        inner
-            .catalog
-            .apply(&sql, &self.options.connectors)
-            .map_err(|e| {
-                Error::external(format!("the persisted catalog no longer applies: {e}"))
-            })?;
+        let (catalog, skipped) = persisted.restore(&self.options.connectors);
+        for s in &skipped {
+            tracing::warn!(
+                kind = %s.kind, name = %s.name, "the persisted catalog's entry no longer applies, \
+                 skipped (kept in the catalog file; see GET /applications): {}",
+                s.reason
+            );
+        }
+        inner.catalog = catalog;
+        inner.skipped = skipped;
         let mut running = 0;
         for q in &persisted.queries {
+            if !inner.catalog.queries.contains_key(&q.name) {
+                continue;
+            }
             self.register_query(&mut inner, &q.name);
             if q.running {
-                self.start_locked(&mut inner, &q.name)?;
+                if let Err(e) = self.start_locked(&mut inner, &q.name) {
+                    inner.queries[&q.name].set_status(QueryStatus::Failed(e.to_string()));
+                    continue;
+                }
                 running += 1;
-            } else {
-                inner.queries[&q.name].set_status(QueryStatus::Stopped);
             }
         }
         Ok(running)
     }
 
-    /// Applies an application from a trusted place (the command line, the `--queries`
-    /// directory): all-or-nothing, then starts its new queries.
+    /// Applies statements from a trusted place (`sluice run`, tests): all-or-nothing,
+    /// then starts their new queries. They belong to no application.
     pub fn apply(self: &Arc<Self>, sql: &str) -> Result<Vec<Change>> {
-        self.apply_with(sql, false, false)
+        self.change(None, Trust::Operator, |c, conn| c.apply(sql, conn))
     }
 
-    /// Applies an application that arrived over HTTP: it may not use local files.
-    pub fn apply_untrusted(self: &Arc<Self>, sql: &str) -> Result<Vec<Change>> {
-        self.apply_with(sql, false, true)
+    /// Applies statements that arrived over HTTP (they may not use local files), as
+    /// part of application `app` when named: what they create belongs to it, and
+    /// what is identical to what exists is left as it is.
+    pub fn apply_untrusted(self: &Arc<Self>, app: Option<&str>, sql: &str) -> Result<Vec<Change>> {
+        self.change(app, Trust::Network, |c, conn| c.submit(app, sql, conn))
     }
 
-    /// Like [`Manager::apply`], but objects that already exist (by name) are left as
-    /// they are: loading the same directory of applications twice changes nothing.
-    pub fn apply_if_missing(self: &Arc<Self>, sql: &str) -> Result<Vec<Change>> {
-        self.apply_with(sql, true, false)
-    }
-
-    fn apply_with(
+    /// Makes application `app` what `sql` defines (see
+    /// [`crate::catalog::Catalog::replace_application`]): `PUT /applications/{name}`
+    /// (untrusted) and the files of `--queries` (trusted), which are the truth at
+    /// every start.
+    pub fn replace_application(
         self: &Arc<Self>,
+        app: &str,
         sql: &str,
-        if_missing: bool,
-        untrusted: bool,
+        trusted: bool,
     ) -> Result<Vec<Change>> {
-        let connectors = if untrusted {
-            self.options.connectors.untrusted()
+        let trust = if trusted {
+            Trust::Operator
         } else {
-            self.options.connectors.clone()
+            Trust::Network
+        };
+        self.change(Some(app), trust, |c, conn| {
+            c.replace_application(app, sql, conn)
+        })
+    }
+
+    /// Drops every object of application `app`.
+    pub fn drop_application(self: &Arc<Self>, app: &str) -> Result<Vec<Change>> {
+        self.change(Some(app), Trust::Network, |c, _| c.drop_application(app))
+    }
+
+    /// What applying to application `app` last did, and when (ms).
+    pub fn last_change(&self, app: &str) -> Option<(i64, Vec<Change>)> {
+        self.lock().app_log.get(app).cloned()
+    }
+
+    /// Catalog entries a restart could not restore.
+    pub fn skipped(&self) -> Vec<Skipped> {
+        self.lock().skipped.clone()
+    }
+
+    /// Computes a change on a copy of the catalog, then makes it so: what a change
+    /// drops or replaces stops first, the new catalog takes over, then what it creates
+    /// or replaces — and every query a replacement touched — starts again.
+    fn change(
+        self: &Arc<Self>,
+        app: Option<&str>,
+        trust: Trust,
+        edit: impl FnOnce(&mut Catalog, &Connectors) -> Result<Vec<Change>>,
+    ) -> Result<Vec<Change>> {
+        let connectors = match trust {
+            Trust::Operator => self.options.connectors.clone(),
+            Trust::Network => self.options.connectors.untrusted(),
         };
         let mut inner = self.lock();
         let mut next = inner.catalog.clone();
-        let changes = if if_missing {
-            next.apply_if_missing(sql, &connectors)?
-        } else {
-            next.apply(sql, &connectors)?
-        };
+        let changes = edit(&mut next, &connectors)?;
         if next.queries.len() > self.options.max_queries {
             return Err(Error::user(format!(
                 "at most {} queries may exist; drop some first",
                 self.options.max_queries
             )));
         }
-        // Dropped queries stop before the catalog forgets them.
+        // Queries that keep their definition but must restart: they read a replaced
+        // stream, write a replaced sink, or their stream sends errors to one.
+        let replaced = |kind: ObjectKind, name: &str| {
+            changes
+                .iter()
+                .any(|c| matches!(c, Change::Replaced(k, n) if *k == kind && n == name))
+        };
+        let touched: Vec<String> = next
+            .queries
+            .values()
+            .filter(|q| {
+                !replaced(ObjectKind::Query, &q.name)
+                    && (replaced(ObjectKind::Stream, &q.plan.stream)
+                        || q.sink
+                            .as_deref()
+                            .is_some_and(|s| replaced(ObjectKind::Sink, s))
+                        || next.streams.get(&q.plan.stream).is_some_and(|s| {
+                            s.error_sink
+                                .as_deref()
+                                .is_some_and(|e| replaced(ObjectKind::Sink, e))
+                        }))
+            })
+            .map(|q| q.name.clone())
+            .collect();
+        let restart: Vec<String> = touched
+            .into_iter()
+            .filter(|q| {
+                inner
+                    .queries
+                    .get(q)
+                    .is_some_and(|s| s.status() == QueryStatus::Running)
+            })
+            .collect();
+        // Stop first: dropped and replaced queries, and those to restart. Each is
+        // marked stopped at once, so the last one of a stream stops its task.
         for c in &changes {
-            if let Change::Dropped(ObjectKind::Query, name) = c {
+            if let Change::Dropped(ObjectKind::Query, name)
+            | Change::Replaced(ObjectKind::Query, name) = c
+            {
                 self.stop_locked(&mut inner, name);
                 inner.queries.remove(name);
             }
-            if let Change::Dropped(ObjectKind::Sink, name) = c
+        }
+        for name in &restart {
+            self.stop_locked(&mut inner, name);
+            inner.queries[name].set_status(QueryStatus::Stopped);
+        }
+        for c in &changes {
+            if let Change::Dropped(ObjectKind::Sink, name)
+            | Change::Replaced(ObjectKind::Sink, name) = c
                 && let Some(s) = inner.sinks.remove(name)
             {
-                drop(s.tx);
-                // A sink retrying against a store that is down would retry forever:
-                // it gets a grace period to finish and flush, then it is aborted.
-                let task = s.task;
-                tokio::spawn(async move {
-                    let abort = task.abort_handle();
-                    if tokio::time::timeout(SINK_DROP_GRACE, task).await.is_err() {
-                        abort.abort();
-                    }
-                });
+                retire_sink(s);
             }
         }
         inner.catalog = next;
-        // Every statement was valid: the application is applied. A query that then
-        // cannot start (its sink cannot be built, say) shows as failed, with why.
-        for c in &changes {
-            if let Change::Created(ObjectKind::Query, name) = c {
-                self.register_query(&mut inner, name);
-                if let Err(e) = self.start_locked(&mut inner, name) {
-                    inner.queries[name].set_status(QueryStatus::Failed(e.to_string()));
+        // Every statement was valid: the change is made. A query that then cannot
+        // start (its sink cannot be built, say) shows as failed, with why.
+        let starts = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Created(ObjectKind::Query, n) | Change::Replaced(ObjectKind::Query, n) => {
+                    Some(n)
                 }
+                _ => None,
+            })
+            .cloned()
+            .collect::<Vec<_>>();
+        for name in &starts {
+            self.register_query(&mut inner, name);
+        }
+        for name in starts.iter().chain(&restart) {
+            if let Err(e) = self.start_locked(&mut inner, name) {
+                inner.queries[name].set_status(QueryStatus::Failed(e.to_string()));
             }
+        }
+        if let Some(app) = app {
+            if changes.iter().all(|c| matches!(c, Change::Dropped(..)))
+                && !inner.catalog.applications.contains_key(app)
+            {
+                inner.app_log.remove(app);
+            } else {
+                inner
+                    .app_log
+                    .insert(app.to_string(), (SystemClock.now_ms(), changes.clone()));
+            }
+        }
+        for c in changes
+            .iter()
+            .filter(|c| !matches!(c, Change::Unchanged(..)))
+        {
+            tracing::info!(
+                application = app.unwrap_or(""),
+                "{} {} '{}'",
+                c.kind(),
+                c.verb(),
+                c.name()
+            );
         }
         self.persist(&inner)?;
         Ok(changes)
@@ -447,12 +559,17 @@ impl Manager {
 
     /// Drops a stream, sink or query by name (refused while something uses it).
     pub fn drop_object(self: &Arc<Self>, kind: ObjectKind, name: &str) -> Result<()> {
-        self.apply_untrusted(&format!(
-            "DROP {} {}",
-            kind.to_string().to_uppercase(),
-            quote_ident(name)
-        ))
+        // The statement is ours, not the user's: its positions would mean nothing.
+        self.apply_untrusted(
+            None,
+            &format!(
+                "DROP {} {}",
+                kind.to_string().to_uppercase(),
+                quote_ident(name)
+            ),
+        )
         .map(|_| ())
+        .map_err(Error::without_position)
     }
 
     fn start_locked(self: &Arc<Self>, inner: &mut Inner, name: &str) -> Result<()> {
@@ -775,35 +892,43 @@ impl Manager {
             return Ok(());
         };
         let c = &inner.catalog;
+        let object = |name: &str, sql: &str, app: &Option<String>, running: bool| Object {
+            name: name.to_string(),
+            sql: sql.to_string(),
+            app: app.clone(),
+            running,
+        };
         let persisted = Persisted {
-            version: 1,
+            version: 2,
+            applications: c
+                .applications
+                .values()
+                .map(|a| Application {
+                    name: a.name.clone(),
+                    sql: a.sql.clone(),
+                })
+                .collect(),
             sinks: c
                 .sinks
                 .values()
-                .map(|s| Object {
-                    name: s.name.clone(),
-                    sql: s.sql.clone(),
-                    running: false,
-                })
+                .map(|s| object(&s.name, &s.sql, &s.app, false))
                 .collect(),
             streams: c
                 .streams
                 .values()
-                .map(|s| Object {
-                    name: s.name.clone(),
-                    sql: s.sql.clone(),
-                    running: false,
-                })
+                .map(|s| object(&s.name, &s.sql, &s.app, false))
                 .collect(),
-            queries: inner
+            queries: c
                 .queries
                 .values()
-                .map(|q| Object {
-                    name: q.name.clone(),
-                    sql: q.sql.clone(),
-                    running: matches!(q.status(), QueryStatus::Running | QueryStatus::Failed(_)),
+                .map(|q| {
+                    let running = inner.queries.get(&q.name).is_some_and(|s| {
+                        matches!(s.status(), QueryStatus::Running | QueryStatus::Failed(_))
+                    });
+                    object(&q.name, &q.sql, &q.app, running)
                 })
                 .collect(),
+            skipped: inner.skipped.clone(),
         };
         let text =
             serde_json::to_string_pretty(&persisted).map_err(|e| Error::internal(e.to_string()))?;
@@ -818,26 +943,75 @@ impl Manager {
     }
 }
 
+/// Who wrote the SQL being applied.
+#[derive(Debug, Clone, Copy)]
+enum Trust {
+    /// The operator: the command line, `--queries` files.
+    Operator,
+    /// A client of the HTTP API: no local files, no environment.
+    Network,
+}
+
+/// Lets a sink that is dropped or replaced finish what it holds. A sink retrying
+/// against a store that is down would retry forever: it gets a grace period to
+/// finish and flush, then it is aborted.
+fn retire_sink(s: SinkRun) {
+    drop(s.tx);
+    let task = s.task;
+    tokio::spawn(async move {
+        let abort = task.abort_handle();
+        if tokio::time::timeout(SINK_DROP_GRACE, task).await.is_err() {
+            abort.abort();
+        }
+    });
+}
+
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// A persisted catalog, read without a server and without checking connectors (for
-/// `sluice query`, which finds archives through it). An absent file is an empty one.
+/// `sluice query`, which finds archives through it). An absent file is an empty one;
+/// entries that no longer apply are left out.
 pub fn persisted_catalog(catalog_file: &std::path::Path) -> Result<Catalog> {
-    let mut catalog = Catalog::new();
-    if let Some(persisted) = Persisted::read(catalog_file)? {
-        catalog.apply(&persisted.sql(), &crate::catalog::AnyConnector)?;
+    match Persisted::read(catalog_file)? {
+        Some(persisted) => Ok(persisted.restore(&crate::catalog::AnyConnector).0),
+        None => Ok(Catalog::new()),
     }
-    Ok(catalog)
 }
 
+/// The catalog file (`<data-dir>/catalog.json`): every object's statement as the user
+/// wrote it, with its application, and which queries run. Version 1 files (no
+/// applications) read as version 2 with no owners.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Persisted {
     version: u32,
+    #[serde(default)]
+    applications: Vec<Application>,
     sinks: Vec<Object>,
     streams: Vec<Object>,
     queries: Vec<Object>,
+    /// Entries an earlier restore could not apply, kept so that nothing the user
+    /// defined is silently forgotten.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    skipped: Vec<Skipped>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Application {
+    name: String,
+    sql: String,
+}
+
+/// A persisted entry a restore could not apply, and why.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Skipped {
+    pub kind: ObjectKind,
+    pub name: String,
+    pub sql: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    pub reason: String,
 }
 
 impl Persisted {
@@ -858,22 +1032,77 @@ impl Persisted {
         }
     }
 
-    /// Every object's statement, sinks then streams then queries (the order in which
-    /// they apply).
-    fn sql(&self) -> String {
-        let mut sql = String::new();
-        for o in self.sinks.iter().chain(&self.streams).chain(&self.queries) {
-            sql.push_str(&o.sql);
-            sql.push_str(";\n");
+    /// Applies every entry on its own, sinks then streams then queries (the order in
+    /// which they depend on each other); returns the catalog and the entries that
+    /// failed, with why. Entries skipped before are tried again.
+    fn restore(&self, connectors: &dyn crate::catalog::ConnectorCheck) -> (Catalog, Vec<Skipped>) {
+        let mut catalog = Catalog::new();
+        let mut skipped = Vec::new();
+        let earlier = |kind: ObjectKind| self.skipped.iter().filter(move |s| s.kind == kind);
+        for kind in [ObjectKind::Sink, ObjectKind::Stream, ObjectKind::Query] {
+            let objects = match kind {
+                ObjectKind::Sink => &self.sinks,
+                ObjectKind::Stream => &self.streams,
+                ObjectKind::Query => &self.queries,
+            };
+            let entries = objects
+                .iter()
+                .map(|o| (o.name.clone(), o.sql.clone(), o.app.clone()))
+                .chain(earlier(kind).map(|s| (s.name.clone(), s.sql.clone(), s.app.clone())));
+            for (name, sql, app) in entries {
+                // An unnamed query keeps the name it was given.
+                let text = if kind == ObjectKind::Query && !names_itself(&sql) {
+                    format!("CREATE QUERY {} AS {sql}", quote_ident(&name))
+                } else {
+                    sql.clone()
+                };
+                if let Err(e) = catalog.submit(app.as_deref(), &text, connectors) {
+                    skipped.push(Skipped {
+                        kind,
+                        name,
+                        sql,
+                        app,
+                        reason: e.to_string(),
+                    });
+                }
+            }
         }
-        sql
+        // Each submit above appended to its application's text: put the texts back.
+        catalog.applications = self
+            .applications
+            .iter()
+            .map(|a| {
+                (
+                    a.name.clone(),
+                    crate::catalog::AppDef {
+                        name: a.name.clone(),
+                        sql: a.sql.clone(),
+                    },
+                )
+            })
+            .collect();
+        (catalog, skipped)
     }
+}
+
+/// Whether a query's statement gives its own name (`CREATE [OR REPLACE] QUERY`).
+fn names_itself(sql: &str) -> bool {
+    let words: Vec<String> = crate::sql::normal_tokens(sql)
+        .into_iter()
+        .take(4)
+        .map(|w| w.to_ascii_uppercase())
+        .collect();
+    words.first().map(String::as_str) == Some("CREATE")
+        && (words.get(1).map(String::as_str) == Some("QUERY")
+            || words.get(3).map(String::as_str) == Some("QUERY"))
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Object {
     name: String,
     sql: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    app: Option<String>,
     /// Queries only: whether it should run after a restart.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     running: bool,

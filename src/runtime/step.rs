@@ -37,20 +37,33 @@ impl Step {
         }
     }
 
-    /// Applies SQL statements, then starts new queries and forgets dropped ones.
+    /// Applies SQL statements, then starts new queries, forgets dropped ones and
+    /// starts replaced ones (and those reading a replaced stream) afresh.
     pub fn apply(&mut self, sql: &str) -> Result<Vec<crate::catalog::Change>> {
+        use crate::catalog::Change;
+        use crate::sql::ObjectKind;
         let changes = self.catalog.apply(sql, &self.connectors)?;
         let now = self.clock.now_ms();
-        self.streams
-            .retain(|name, _| self.catalog.streams.contains_key(name));
+        let replaced = |kind: ObjectKind, name: &str| {
+            changes
+                .iter()
+                .any(|c| matches!(c, Change::Replaced(k, n) if *k == kind && n == name))
+        };
+        self.streams.retain(|name, _| {
+            self.catalog.streams.contains_key(name) && !replaced(ObjectKind::Stream, name)
+        });
         for (name, def) in &self.catalog.streams {
             if !self.streams.contains_key(name) {
                 self.streams
                     .insert(name.clone(), StreamCore::new(def, 1, now)?);
             }
         }
-        for list in self.queries.values_mut() {
-            list.retain(|(q, _)| self.catalog.queries.contains_key(q));
+        for (stream, list) in self.queries.iter_mut() {
+            list.retain(|(q, _)| {
+                self.catalog.queries.contains_key(q)
+                    && !replaced(ObjectKind::Query, q)
+                    && !replaced(ObjectKind::Stream, stream)
+            });
         }
         for (name, def) in &self.catalog.queries {
             let list = self.queries.entry(def.plan.stream.clone()).or_default();

@@ -44,6 +44,8 @@ pub enum Statement {
 pub struct CreateStream {
     pub name: String,
     pub if_not_exists: bool,
+    /// `CREATE OR REPLACE`: an existing stream of that name is replaced.
+    pub or_replace: bool,
     pub columns: Vec<ColumnDef>,
     /// `WATERMARK FOR` clause, when written in the column list.
     pub watermark: Option<WatermarkClause>,
@@ -80,6 +82,8 @@ pub struct WatermarkClause {
 pub struct CreateSink {
     pub name: String,
     pub if_not_exists: bool,
+    /// `CREATE OR REPLACE`: an existing sink of that name is replaced.
+    pub or_replace: bool,
     pub options: Options,
     pub position: Position,
 }
@@ -90,12 +94,17 @@ pub struct CreateSink {
 pub struct QueryStatement {
     /// Given with `CREATE QUERY name AS`; otherwise the catalog names the query.
     pub name: Option<String>,
+    /// `CREATE OR REPLACE QUERY`: an existing query of that name is replaced.
+    pub or_replace: bool,
     pub sink: Option<String>,
     pub query: Box<ast::Query>,
     pub position: Position,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum ObjectKind {
     Stream,
     Sink,
@@ -119,4 +128,47 @@ pub struct DropStatement {
     pub name: String,
     pub if_exists: bool,
     pub position: Position,
+}
+
+/// A statement's text with comments and layout taken out (tokens joined by one
+/// space): two statements with the same normal form define the same object, so
+/// resubmitting an application that only gained a comment changes nothing.
+pub fn normal_form(text: &str) -> String {
+    normal_tokens(text).join(" ")
+}
+
+/// The tokens of [`normal_form`]: no whitespace, comments or `;`.
+pub fn normal_tokens(text: &str) -> Vec<String> {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let dialect = GenericDialect {};
+    match Tokenizer::new(&dialect, text).tokenize() {
+        Ok(tokens) => tokens
+            .iter()
+            .filter(|t| !matches!(t, Token::Whitespace(_) | Token::SemiColon))
+            .map(|t| t.to_string())
+            .collect(),
+        // Text that does not tokenize never reached the catalog; compare it as is.
+        Err(_) => text.split_whitespace().map(str::to_string).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normal_form;
+
+    #[test]
+    fn normal_form_ignores_layout_and_comments_but_not_case_or_strings() {
+        let a = "CREATE SINK s WITH (connector = 'stdout') -- the console";
+        let b = "CREATE  SINK s\n  /* same */ WITH (connector='stdout');";
+        assert_eq!(normal_form(a), normal_form(b));
+        assert_ne!(
+            normal_form(a),
+            normal_form("CREATE SINK S WITH (connector = 'stdout')")
+        );
+        assert_ne!(
+            normal_form("SELECT 'a  b' FROM s"),
+            normal_form("SELECT 'a b' FROM s")
+        );
+    }
 }

@@ -63,32 +63,55 @@ pub fn parse_application(sql: &str) -> Result<Vec<Located>> {
 
 fn parse_statement(p: &mut Parser, start: Position) -> Result<Statement> {
     if p.peek_keyword(Keyword::CREATE) {
-        match word_at(p, 1).as_deref() {
+        // `CREATE OR REPLACE STREAM | SINK | QUERY`: the kind is one word further.
+        let or_replace =
+            word_at(p, 1).as_deref() == Some("OR") && word_at(p, 2).as_deref() == Some("REPLACE");
+        let kind_at = if or_replace { 3 } else { 1 };
+        let kind = word_at(p, kind_at);
+        if matches!(kind.as_deref(), Some("STREAM" | "SINK" | "QUERY")) {
+            for _ in 0..=kind_at {
+                p.next_token();
+            }
+            if or_replace {
+                let t = p.peek_token();
+                if p.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]) {
+                    return Err(Error::user_at(
+                        "CREATE OR REPLACE and IF NOT EXISTS contradict each other: use one",
+                        pos(t.span.start),
+                    ));
+                }
+            }
+        }
+        match kind.as_deref() {
             Some("STREAM") => {
-                p.next_token();
-                p.next_token();
-                return parse_create_stream(p, start).map(|s| Statement::CreateStream(Box::new(s)));
+                let mut s = parse_create_stream(p, start)?;
+                s.or_replace = or_replace;
+                return Ok(Statement::CreateStream(Box::new(s)));
             }
             Some("SINK") => {
-                p.next_token();
-                p.next_token();
-                return parse_create_sink(p, start).map(Statement::CreateSink);
+                let mut s = parse_create_sink(p, start)?;
+                s.or_replace = or_replace;
+                return Ok(Statement::CreateSink(s));
             }
             Some("QUERY") => {
-                p.next_token();
-                p.next_token();
                 let name = parse_name(p)?;
                 p.expect_keyword(Keyword::AS).map_err(parser_error)?;
                 let mut q = parse_query_statement(p, start)?;
                 q.name = Some(name);
+                q.or_replace = or_replace;
                 return Ok(Statement::Query(q));
             }
             _ => {
-                let t = p.peek_nth_token(1);
+                let t = p.peek_nth_token(kind_at);
+                let after = if or_replace {
+                    "CREATE OR REPLACE"
+                } else {
+                    "CREATE"
+                };
                 return Err(Error::user_at(
                     format!(
-                        "expected STREAM, SINK or QUERY after CREATE, found '{}' (tables, views and \
-                         other DDL are not available in Sluice applications)",
+                        "expected STREAM, SINK or QUERY after {after}, found '{}' (tables, views \
+                         and other DDL are not available in Sluice applications)",
                         t.token
                     ),
                     pos(t.span.start),
@@ -147,6 +170,7 @@ fn parse_query_statement(p: &mut Parser, start: Position) -> Result<QueryStateme
     match p.parse_statement().map_err(parser_error)? {
         ast::Statement::Query(query) => Ok(QueryStatement {
             name: None,
+            or_replace: false,
             sink: None,
             query,
             position: start,
@@ -176,6 +200,7 @@ fn parse_query_statement(p: &mut Parser, start: Position) -> Result<QueryStateme
                 .ok_or_else(|| Error::user("INSERT INTO a sink needs a SELECT".to_string()))?;
             Ok(QueryStatement {
                 name: None,
+                or_replace: false,
                 sink: Some(sink),
                 query,
                 position: start,
@@ -235,6 +260,7 @@ fn parse_create_stream(p: &mut Parser, start: Position) -> Result<CreateStream> 
     Ok(CreateStream {
         name,
         if_not_exists,
+        or_replace: false,
         columns,
         watermark,
         options,
@@ -375,6 +401,7 @@ fn parse_create_sink(p: &mut Parser, start: Position) -> Result<CreateSink> {
     Ok(CreateSink {
         name,
         if_not_exists,
+        or_replace: false,
         options,
         position: start,
     })
