@@ -277,83 +277,65 @@ impl Catalog {
         match statement {
             Statement::CreateStream(s) => {
                 let form = definition_form(&text, Some(&s.options));
-                let existing = self
-                    .streams
-                    .get(&s.name)
-                    .map(|d| (d.fingerprint.clone(), d.app.clone()));
-                let verdict = decide(
-                    ObjectKind::Stream,
-                    &s.name,
-                    existing,
-                    &form,
-                    Flags {
-                        if_not_exists: s.if_not_exists,
-                        or_replace: s.or_replace || replace_changed,
-                    },
-                    app.as_deref(),
-                    s.position,
-                )?;
+                let flags = Flags {
+                    if_not_exists: s.if_not_exists,
+                    or_replace: s.or_replace || replace_changed,
+                };
                 let name = s.name.clone();
-                match verdict {
-                    Verdict::Keep => {
-                        self.adopt(ObjectKind::Stream, &name, app);
-                        Ok(Change::Unchanged(ObjectKind::Stream, name))
-                    }
-                    Verdict::Build { replaced, owner } => {
-                        let mut def = self.stream_def(*s, text, connectors)?;
-                        def.fingerprint = form;
-                        def.app = owner.or(app);
-                        self.streams.insert(name.clone(), def);
-                        Ok(made(replaced, ObjectKind::Stream, name))
-                    }
-                }
+                let Some((replaced, owner)) = self.settle(
+                    ObjectKind::Stream,
+                    &name,
+                    &form,
+                    flags,
+                    app.clone(),
+                    s.position,
+                )?
+                else {
+                    return Ok(Change::Unchanged(ObjectKind::Stream, name));
+                };
+                let mut def = self.stream_def(*s, text, connectors)?;
+                def.fingerprint = form;
+                def.app = owner.or(app);
+                self.streams.insert(name.clone(), def);
+                Ok(made(replaced, ObjectKind::Stream, name))
             }
             Statement::CreateSink(s) => {
                 let form = definition_form(&text, Some(&s.options));
-                let existing = self
-                    .sinks
-                    .get(&s.name)
-                    .map(|d| (d.fingerprint.clone(), d.app.clone()));
-                let verdict = decide(
-                    ObjectKind::Sink,
-                    &s.name,
-                    existing,
-                    &form,
-                    Flags {
-                        if_not_exists: s.if_not_exists,
-                        or_replace: s.or_replace || replace_changed,
-                    },
-                    app.as_deref(),
-                    s.position,
-                )?;
+                let flags = Flags {
+                    if_not_exists: s.if_not_exists,
+                    or_replace: s.or_replace || replace_changed,
+                };
                 let name = s.name.clone();
-                match verdict {
-                    Verdict::Keep => {
-                        self.adopt(ObjectKind::Sink, &name, app);
-                        Ok(Change::Unchanged(ObjectKind::Sink, name))
-                    }
-                    Verdict::Build { replaced, owner } => {
-                        let mut options = s.options;
-                        let connector = options.require_string("connector", "CREATE SINK")?;
-                        connectors
-                            .check_sink(&s.name, &connector, &options)
-                            .map_err(|e| e.or_at(s.position))?;
-                        // Keep only the connector's own keys for the runtime.
-                        options.take("connector");
-                        self.sinks.insert(
-                            name.clone(),
-                            SinkDef {
-                                name: name.clone(),
-                                sql: text,
-                                connector,
-                                options,
-                                app: owner.or(app),
-                                fingerprint: form,
-                            },
-                        );
-                        Ok(made(replaced, ObjectKind::Sink, name))
-                    }
-                }
+                let Some((replaced, owner)) = self.settle(
+                    ObjectKind::Sink,
+                    &name,
+                    &form,
+                    flags,
+                    app.clone(),
+                    s.position,
+                )?
+                else {
+                    return Ok(Change::Unchanged(ObjectKind::Sink, name));
+                };
+                let mut options = s.options;
+                let connector = options.require_string("connector", "CREATE SINK")?;
+                connectors
+                    .check_sink(&name, &connector, &options)
+                    .map_err(|e| e.or_at(s.position))?;
+                // Keep only the connector's own keys for the runtime.
+                options.take("connector");
+                self.sinks.insert(
+                    name.clone(),
+                    SinkDef {
+                        name: name.clone(),
+                        sql: text,
+                        connector,
+                        options,
+                        app: owner.or(app),
+                        fingerprint: form,
+                    },
+                );
+                Ok(made(replaced, ObjectKind::Sink, name))
             }
             Statement::Query(q) => self.apply_query(q, text, app, replace_changed),
             Statement::Drop(d) => {
@@ -397,28 +379,13 @@ impl Catalog {
         let form = definition_form(&text, None);
         let (name, owner, replaced) = match &q.name {
             Some(n) => {
-                let existing = self
-                    .queries
-                    .get(n)
-                    .map(|d| (d.fingerprint.clone(), d.app.clone()));
-                let verdict = decide(
-                    ObjectKind::Query,
-                    n,
-                    existing,
-                    &form,
-                    Flags {
-                        if_not_exists: false,
-                        or_replace: q.or_replace || replace_changed,
-                    },
-                    app.as_deref(),
-                    q.position,
-                )?;
-                match verdict {
-                    Verdict::Keep => {
-                        self.adopt(ObjectKind::Query, n, app);
-                        return Ok(Change::Unchanged(ObjectKind::Query, n.clone()));
-                    }
-                    Verdict::Build { replaced, owner } => (n.clone(), owner, replaced),
+                let flags = Flags {
+                    if_not_exists: false,
+                    or_replace: q.or_replace || replace_changed,
+                };
+                match self.settle(ObjectKind::Query, n, &form, flags, app.clone(), q.position)? {
+                    None => return Ok(Change::Unchanged(ObjectKind::Query, n.clone())),
+                    Some((replaced, owner)) => (n.clone(), owner, replaced),
                 }
             }
             None => {
@@ -452,6 +419,33 @@ impl Catalog {
             },
         );
         Ok(made(replaced, ObjectKind::Query, name))
+    }
+
+    /// What a CREATE of `name` does given what exists: `None` when nothing is to be
+    /// done (the object stays, and becomes `app`'s if it had no application), else
+    /// whether it replaces one, and the owner that carries over.
+    fn settle(
+        &mut self,
+        kind: ObjectKind,
+        name: &str,
+        form: &str,
+        flags: Flags,
+        app: Option<String>,
+        at: Position,
+    ) -> Result<Option<(bool, Option<String>)>> {
+        let existing = match kind {
+            ObjectKind::Stream => self.streams.get(name).map(|d| (&d.fingerprint, &d.app)),
+            ObjectKind::Sink => self.sinks.get(name).map(|d| (&d.fingerprint, &d.app)),
+            ObjectKind::Query => self.queries.get(name).map(|d| (&d.fingerprint, &d.app)),
+        }
+        .map(|(f, a)| (f.clone(), a.clone()));
+        match decide(kind, name, existing, form, flags, app.as_deref(), at)? {
+            Verdict::Keep => {
+                self.adopt(kind, name, app);
+                Ok(None)
+            }
+            Verdict::Build { replaced, owner } => Ok(Some((replaced, owner))),
+        }
     }
 
     /// An object an application defines identically becomes that application's, if
