@@ -1444,8 +1444,10 @@ fn log_errors(query: Option<&str>, stream: &str, errors: &[crate::error::RecordE
         return;
     };
     if query.is_none() {
-        // Column 0 is `query` (see `error_schema`).
-        let rest: Vec<usize> = (1..batch.num_columns()).collect();
+        let schema = batch.schema();
+        let rest: Vec<usize> = (0..batch.num_columns())
+            .filter(|&i| schema.field(i).name() != "query")
+            .collect();
         match batch.project(&rest) {
             Ok(b) => batch = b,
             Err(_) => return,
