@@ -24,7 +24,7 @@ pub struct Health {
 
 #[derive(Debug, Default, Clone)]
 struct HealthState {
-    /// `connecting`, `connected`, `retrying`.
+    /// `idle`, `connecting`, `connected`, `retrying`.
     status: &'static str,
     last_error: Option<String>,
     last_error_ms: Option<i64>,
@@ -35,6 +35,15 @@ impl Health {
     pub fn new() -> Self {
         let h = Health::default();
         h.set_status("connecting");
+        h
+    }
+
+    /// For a sink that opens nothing until its first write (a local table, an
+    /// archive): `idle` until then, rather than a `connecting` that never ends while
+    /// no rows come.
+    pub fn idle() -> Self {
+        let h = Health::default();
+        h.set_status("idle");
         h
     }
 

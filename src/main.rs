@@ -15,8 +15,19 @@ use sluice::runtime::{Connectors, Manager, ManagerOptions};
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Streaming SQL for sensor data")]
 struct Cli {
+    /// How log lines look on stderr: `text` (coloured only when stderr is a
+    /// terminal) or `json` (one object a line). The filter comes from SLUICE_LOG, else
+    /// RUST_LOG, else `info`.
+    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -145,14 +156,8 @@ struct SimulateArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     let result = match cli.command {
         Command::Run { file } => run(file),
         Command::Check { files } => check(files),
@@ -177,6 +182,39 @@ fn main() -> ExitCode {
 }
 
 type CliResult = Result<(), (Option<PathBuf>, Error)>;
+
+/// The log on stderr. The filter is SLUICE_LOG when set and not empty (ours, so it
+/// wins), else the usual RUST_LOG, else `info`; a filter that does not parse is said once and `info`
+/// is used, rather than a service that will not start over its log settings.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let (var, text) = match ["SLUICE_LOG", "RUST_LOG"].into_iter().find_map(|v| {
+        std::env::var(v)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .map(|t| (v, t))
+    }) {
+        Some((var, text)) => (Some(var), text),
+        None => (None, "info".to_string()),
+    };
+    let (filter, bad) = match EnvFilter::try_new(&text) {
+        Ok(f) => (f, None),
+        Err(e) => (EnvFilter::new("info"), Some(e)),
+    };
+    // Colour codes only for a person at a terminal: in a file or a pipe they are noise.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(ansi).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    if let (Some(var), Some(e)) = (var, bad) {
+        tracing::warn!("{var}='{text}' is not a log filter ({e}); logging at info");
+    }
+}
 
 fn load(
     path: &PathBuf,

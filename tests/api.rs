@@ -1403,3 +1403,210 @@ async fn sql_that_would_read_or_write_files_is_refused_and_creates_nothing() {
         "{body}"
     );
 }
+
+/// `GET /queries/{name}/errors` of the test's queries.
+async fn bad_records(api: &Api, query: &str) -> Value {
+    let (status, body) = api.get(&format!("/queries/{query}/errors")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_querys_latest_bad_records_are_kept_newest_first_with_their_reasons() {
+    let api = Api::new();
+    // Two queries on one stream: both see the stream's bad records; only `b` divides
+    // by zero, so only `b` has eval errors of its own.
+    api.submit_ok(&format!(
+        "{HTTP_STREAM}CREATE QUERY a AS SELECT deviceId FROM r;\n\
+         CREATE QUERY b AS SELECT deviceId, 10 / (deviceId - deviceId) AS boom FROM r;"
+    ))
+    .await;
+    let (status, fresh) = api.get("/queries/a/errors").await;
+    assert_eq!(status, StatusCode::OK, "{fresh}");
+    assert_eq!(fresh["records"], json!([]), "{fresh}");
+    assert_eq!(fresh["errors"], 0, "{fresh}");
+
+    let (status, report) = api
+        .ingest(
+            "r",
+            "application/x-ndjson",
+            "{\"deviceId\": 1, \"temperature\":\n\
+             {\"deviceId\": 2, \"temperature\": \"hot\", \"ts\": 1000}\n\
+             {\"deviceId\": 3, \"temperature\": 20.5, \"ts\": 1000}\n",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["rejected"], 2, "{report}");
+
+    // The stream's two bad records, newest (the later line) first, with their reasons.
+    let a = bad_records(&api, "a").await;
+    let records = a["records"].as_array().unwrap();
+    assert_eq!(records.len(), 2, "{a}");
+    assert!(
+        records[0]["payload"].as_str().unwrap().contains("hot"),
+        "{a}"
+    );
+    assert!(
+        records[1]["payload"]
+            .as_str()
+            .unwrap()
+            .contains("\"deviceId\": 1"),
+        "{a}"
+    );
+    for r in records {
+        assert!(
+            ["malformed", "schema"].contains(&r["kind"].as_str().unwrap()),
+            "{a}"
+        );
+        assert!(!r["reason"].as_str().unwrap().is_empty(), "{a}");
+        assert_eq!(r["truncated"], false, "{a}");
+        assert!(r["arrival_time"].as_str().unwrap().starts_with("20"), "{a}");
+    }
+    assert_eq!(a["errors"], 2, "{a}");
+    // `b` has the same two, and its own failed division (the newest) first.
+    let b = bad_records(&api, "b").await;
+    let records = b["records"].as_array().unwrap();
+    assert_eq!(records.len(), 3, "{b}");
+    assert_eq!(records[0]["kind"], "eval", "{b}");
+    assert!(
+        records[0]["reason"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("zero"),
+        "{b}"
+    );
+    assert_eq!(records[1]["payload"], a["records"][0]["payload"], "{b}");
+
+    // A long payload is kept cut, saying so and how long it was.
+    let long = format!("{{\"deviceId\": \"{}", "x".repeat(5000));
+    ingest_ok(&api, &long).await;
+    let a = bad_records(&api, "a").await;
+    let newest = &a["records"][0];
+    assert_eq!(newest["truncated"], true, "{newest}");
+    assert_eq!(newest["payload_bytes"], long.len(), "{newest}");
+    assert_eq!(newest["payload"].as_str().unwrap().len(), 2048, "{newest}");
+    assert!(long.starts_with(newest["payload"].as_str().unwrap()));
+
+    // The ring is bounded; the counters still count every record.
+    let many: String = (0..60).map(|i| format!("{{\"bad\": {i}\n")).collect();
+    ingest_ok(&api, &many).await;
+    let a = bad_records(&api, "a").await;
+    let records = a["records"].as_array().unwrap();
+    assert_eq!(records.len(), 50, "{a}");
+    assert_eq!(a["kept"], 50, "{a}");
+    assert_eq!(a["errors"], 63, "{a}");
+    assert_eq!(records[0]["payload"], "{\"bad\": 59", "{a}");
+    assert_eq!(records[49]["payload"], "{\"bad\": 10", "{a}");
+    assert_eq!(api.query("a").await["errors"], 63);
+
+    let (status, body) = api.get("/queries/nope/errors").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_sinks_are_idle_until_they_first_write() {
+    let dir = crate::service::scratch("api_idle_sinks");
+    let mut options = manager_options();
+    options.connectors.sinks.data_dir = Some(dir.clone());
+    let api = Api::with(options, ApiOptions::default());
+    api.submit_ok(&format!(
+        "{HTTP_STREAM}CREATE SINK hot WITH (connector = 'table', table = 'hot', partition_key = 'deviceId');\n\
+         CREATE SINK arch WITH (connector = 'archive', flush_interval = '1s');\n\
+         CREATE QUERY to_table AS INSERT INTO hot SELECT deviceId, temperature FROM r;\n\
+         CREATE QUERY to_archive AS INSERT INTO arch SELECT deviceId, temperature, ts FROM r;"
+    ))
+    .await;
+    let connection = |sink: &'static str| {
+        let api = &api;
+        async move {
+            let (status, body) = api.get(&format!("/sinks/{sink}")).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["writer"]["connection"].clone()
+        }
+    };
+    // Running, nothing written: idle, not a `connecting` that never ends.
+    for sink in ["hot", "arch"] {
+        let c = connection(sink).await;
+        assert_eq!(c["status"], "idle", "{sink}: {c}");
+        assert_eq!(c["retries"], 0, "{sink}: {c}");
+    }
+    ingest_ok(
+        &api,
+        r#"[{"deviceId": 7, "temperature": 31.5, "ts": 1000}]"#,
+    )
+    .await;
+    for sink in ["hot", "arch"] {
+        eventually(
+            &format!("sink {sink} to have written"),
+            Duration::from_secs(15),
+            || async {
+                let c = connection(sink).await;
+                (c["status"] == "connected").then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_is_shown_only_while_records_wait_for_a_query() {
+    let api = Api::new();
+    // `slow` writes to a Redis nobody listens on: its sink retries, holding the query,
+    // so what is posted next waits in the stream's input. `quiet` reads a stream that
+    // got one old record and nothing since.
+    api.submit_ok(&format!(
+        "{HTTP_STREAM}CREATE SINK down WITH (connector = 'redis', url = 'redis://127.0.0.1:1', commands = 'SET a b');\n\
+         CREATE QUERY slow AS INSERT INTO down SELECT deviceId FROM r;\n\
+         CREATE STREAM q (deviceId INT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH (connector = 'http');\n\
+         CREATE QUERY quiet AS SELECT deviceId FROM q;"
+    ))
+    .await;
+    let (status, body) = api
+        .ingest("q", "application/json", r#"[{"deviceId": 1, "ts": 1000}]"#)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // A watermark in 1970 is not lag: nothing waits for the query.
+    let quiet = api.query("quiet").await;
+    assert!(quiet["watermark"].as_str().is_some(), "{quiet}");
+    assert_eq!(quiet["lag_ms"], Value::Null, "{quiet}");
+    assert_eq!(api.query("slow").await["lag_ms"], Value::Null);
+
+    // Each post is one chunk and waits for its answer: post from tasks. The sink holds
+    // one batch, its channel 16 more, then the stream task waits and chunks queue.
+    let mut posts = Vec::new();
+    for i in 0..40 {
+        let manager = Arc::clone(&api.manager);
+        posts.push(tokio::spawn(async move {
+            let row = format!(r#"{{"deviceId": {i}, "ts": 1000}}"#);
+            let _ = manager.ingest("r", row.into_bytes()).await;
+        }));
+    }
+    let first = eventually("slow to be behind", Duration::from_secs(10), || async {
+        api.query("slow").await["lag_ms"].as_i64()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = api.query("slow").await["lag_ms"].as_i64();
+    assert!(
+        later.is_some_and(|l| l >= first + 250),
+        "lag did not grow while records waited: {first} then {later:?}"
+    );
+    let listed = api.get("/queries").await.1;
+    let slow = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "slow")
+        .unwrap();
+    assert!(slow["lag_ms"].as_i64().is_some(), "{listed}");
+    assert_eq!(api.query("quiet").await["lag_ms"], Value::Null);
+
+    // Stopped: not behind any more, whatever was waiting.
+    let (status, body) = api.post("/queries/slow/stop").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["lag_ms"], Value::Null, "{body}");
+    for p in posts {
+        p.abort();
+    }
+}

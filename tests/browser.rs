@@ -1,6 +1,7 @@
 //! The dashboard in a real browser: `sluice serve` on a free loopback port, then
 //! `tests/browser/dashboard.mjs` drives Debian's chromium through playwright-core —
-//! submit an application, see its rows and chart arrive, see a positioned SQL error —
+//! submit an application, see its rows and chart arrive, see a positioned SQL error,
+//! an unreachable broker as retrying with the reason, a query's bad records —
 //! and saves a screenshot to `target/tmp/dashboard.png`.
 //!
 //! It needs node, `/usr/bin/chromium` and `tests/browser/node_modules`, which

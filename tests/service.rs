@@ -5,7 +5,9 @@
 //! and kept; `--queries DIR` files are applications, so starting twice creates nothing
 //! twice and restarts nothing the user stopped, and an edited file replaces what
 //! changed; the token guards the
-//! API, WebSockets included; and an OpenAPI-driven fuzz run (schemathesis) against the
+//! API, WebSockets included; a bad record is logged once per stream however many
+//! queries read it, in plain text (or JSON) lines with the filter SLUICE_LOG or
+//! RUST_LOG sets; and an OpenAPI-driven fuzz run (schemathesis) against the
 //! live server, seeded with real objects, gets no 5xx.
 
 use std::io::{Read, Write};
@@ -67,6 +69,7 @@ impl Server {
                 "SLUICE_MAX_QUERIES",
                 "SLUICE_LISTEN",
                 "SLUICE_DATA_DIR",
+                "SLUICE_LOG_FORMAT",
             ] {
                 cmd.env_remove(var);
             }
@@ -760,7 +763,7 @@ fn interactions(report_dir: &Path) -> Vec<(String, String, u64)> {
 }
 
 /// The operations /openapi.json documents.
-const OPERATIONS: [(&str, &str); 16] = [
+const OPERATIONS: [(&str, &str); 17] = [
     ("GET", "/healthz"),
     ("GET", "/metrics"),
     ("POST", "/applications"),
@@ -770,6 +773,7 @@ const OPERATIONS: [(&str, &str); 16] = [
     ("POST", "/queries/{name}/stop"),
     ("POST", "/queries/{name}/start"),
     ("GET", "/queries/{name}/ws"),
+    ("GET", "/queries/{name}/errors"),
     ("GET", "/streams"),
     ("GET", "/streams/{name}"),
     ("DELETE", "/streams/{name}"),
@@ -896,6 +900,11 @@ SELECT deviceId FROM r;
         ok("POST", "/streams/r/records") > 0,
         "no records were ingested"
     );
+    assert!(
+        ok("GET", "/queries/hot/errors") + ok("GET", "/queries/keep/errors") > 0
+            || ok("GET", "/queries/win/errors") > 0,
+        "no query's bad records were read by name"
+    );
     let stops: usize = ["hot", "win", "select_1"]
         .iter()
         .map(|q| ok("POST", &format!("/queries/{q}/stop")))
@@ -924,4 +933,150 @@ SELECT deviceId FROM r;
     eprintln!("service: fuzz (all) made {} requests", seen.len());
     // The server is still healthy.
     assert_eq!(server.get("/healthz").status, 200);
+}
+
+#[test]
+fn a_bad_record_is_logged_once_per_stream_however_many_queries_read_it() {
+    let dir = scratch("service_log_once");
+    let data = dir.join("data");
+    let server = Server::start(
+        &dir,
+        "server",
+        &["--data-dir", data.to_str().unwrap()],
+        &[("SLUICE_LOG", "info")],
+    );
+    // Two queries read the stream; `c` also fails on every good record (a division
+    // by zero): that error is its own, logged once for it.
+    let app = "\
+CREATE STREAM r (deviceId INT NOT NULL, temperature DOUBLE, ts TIMESTAMP,
+    WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH (connector = 'http');
+CREATE QUERY a AS SELECT deviceId, temperature FROM r;
+CREATE QUERY c AS SELECT deviceId, 10 / (deviceId - deviceId) AS boom FROM r;
+";
+    let r = server.post("/applications", "text/plain", app);
+    assert_eq!(r.status, 201, "{}", r.body);
+    const BAD: usize = 7;
+    // Half malformed (cut short), half of the wrong type.
+    let mut body: String = (0..BAD)
+        .map(|i| match i % 2 {
+            0 => format!("{{\"deviceId\": {i}, \"temperature\": \"bad-{i}\"\n"),
+            _ => format!("{{\"deviceId\": {i}, \"temperature\": \"bad-{i}\", \"ts\": 1000}}\n"),
+        })
+        .collect();
+    body.push_str("{\"deviceId\": 100, \"temperature\": 1.5, \"ts\": 1000}\n");
+    body.push_str("{\"deviceId\": 101, \"temperature\": 2.5, \"ts\": 1000}\n");
+    let r = server.post("/streams/r/records", "application/x-ndjson", &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["rejected"], BAD, "{}", r.body);
+    // Both queries have them on their error output (and the API keeps them)...
+    for q in ["a", "c"] {
+        let errors = server.get_json(&format!("/queries/{q}/errors"));
+        let bad = errors["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["payload"].as_str().unwrap().contains("bad-"))
+            .count();
+        assert_eq!(bad, BAD, "{errors}");
+    }
+    assert_eq!(
+        server.get_json("/streams/r")["source"]["decode_errors"],
+        BAD
+    );
+
+    // ...but the log has each once, for the stream, with no query named.
+    let log = server.stderr_text();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    for i in 0..BAD {
+        let marker = format!("bad-{i}\"");
+        let found: Vec<&Value> = lines
+            .iter()
+            .filter(|l| l["payload"].as_str().is_some_and(|p| p.contains(&marker)))
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "record {i} was logged {} times:\n{log}",
+            found.len()
+        );
+        assert_eq!(found[0]["stream"], "r", "{}", found[0]);
+        assert!(found[0].get("query").is_none(), "{}", found[0]);
+    }
+    // The failed divisions are `c`'s alone: one line each, naming it.
+    let eval: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "eval").collect();
+    assert_eq!(eval.len(), 2, "{log}");
+    assert!(eval.iter().all(|l| l["query"] == "c"), "{log}");
+    assert_eq!(lines.len(), BAD + 2, "{log}");
+    // A file is not a terminal: no colour codes.
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file:\n{log}"
+    );
+    assert!(log.contains("listening on"), "{log}");
+}
+
+#[test]
+fn log_format_json_and_the_log_filter_variables() {
+    let dir = scratch("service_log_format");
+    let data = dir.join("data");
+    let data = data.to_str().unwrap();
+    // JSON lines, one object each.
+    let mut server = Server::start(
+        &dir,
+        "json",
+        &["--data-dir", data, "--log-format", "json"],
+        &[("SLUICE_LOG", "info")],
+    );
+    let (status, _) = server.terminate();
+    assert!(status.success(), "{}", server.stderr_text());
+    let log = server.stderr_text();
+    let mut listening = false;
+    for line in log.lines() {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{log}"));
+        assert!(v["level"].is_string(), "{line}");
+        listening |= v["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("listening on"));
+    }
+    assert!(listening, "{log}");
+
+    // RUST_LOG is honoured when SLUICE_LOG is not set (or empty)...
+    let mut server = Server::start(
+        &dir,
+        "rust_log",
+        &["--data-dir", data],
+        &[("SLUICE_LOG", ""), ("RUST_LOG", "warn")],
+    );
+    server.terminate();
+    let log = server.stderr_text();
+    assert!(!log.contains("listening on"), "{log}");
+    // ...and SLUICE_LOG wins over it.
+    let mut server = Server::start(
+        &dir,
+        "both",
+        &["--data-dir", data],
+        &[("SLUICE_LOG", "info"), ("RUST_LOG", "warn")],
+    );
+    server.terminate();
+    let log = server.stderr_text();
+    assert!(log.contains("listening on"), "{log}");
+    // A filter that does not parse is said, and the server runs at info.
+    let mut server = Server::start(
+        &dir,
+        "bad_filter",
+        &["--data-dir", data],
+        &[("SLUICE_LOG", "sluice=loud")],
+    );
+    server.terminate();
+    let log = server.stderr_text();
+    assert!(
+        log.contains("SLUICE_LOG='sluice=loud' is not a log filter"),
+        "{log}"
+    );
+    assert!(log.contains("listening on"), "{log}");
 }

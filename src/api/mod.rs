@@ -97,6 +97,7 @@ pub fn app(manager: Arc<Manager>, options: ApiOptions) -> Router {
         .route("/queries/{name}/stop", post(stop_query))
         .route("/queries/{name}/start", post(start_query))
         .route("/queries/{name}/ws", get(ws::upgrade))
+        .route("/queries/{name}/errors", get(query_errors))
         .route("/streams", get(list_streams))
         .route("/streams/{name}", get(get_stream).delete(delete_stream))
         .route(
@@ -412,10 +413,19 @@ fn query_status(q: &QueryState) -> (&'static str, Option<String>) {
     }
 }
 
-pub(crate) fn query_json(q: &QueryState) -> Value {
+pub(crate) fn query_json(state: &AppState, q: &QueryState) -> Value {
     let now = SystemClock.now_ms();
     let (status, error) = query_status(q);
     let wm = q.watermark().filter(|&w| w != i64::MAX);
+    // Only a running query can be behind, and only while input waits for it (see
+    // docs/api.md): a quiet or stopped query's old watermark is not lag.
+    let lag = match q.status() {
+        QueryStatus::Running => state
+            .manager
+            .stream_state(&q.stream)
+            .and_then(|s| s.lag_ms(now)),
+        _ => None,
+    };
     json!({
         "name": q.name,
         "sql": q.sql,
@@ -428,7 +438,7 @@ pub(crate) fn query_json(q: &QueryState) -> Value {
         "errors": q.errors.load(Ordering::Relaxed),
         "late": q.late.load(Ordering::Relaxed),
         "watermark": wm.map(fmt_ts),
-        "lag_ms": wm.map(|w| (now - w).max(0)),
+        "lag_ms": lag,
         "state_bytes": q.state_bytes.load(Ordering::Relaxed),
     })
 }
@@ -439,7 +449,7 @@ async fn list_queries(State(state): State<AppState>) -> Json<Value> {
             .manager
             .query_states()
             .iter()
-            .map(|q| query_json(q))
+            .map(|q| query_json(&state, q))
             .collect(),
     ))
 }
@@ -456,7 +466,41 @@ async fn get_query(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let q = find_query(&state, &name)?;
-    Ok(Json(query_json(&q)))
+    Ok(Json(query_json(&state, &q)))
+}
+
+/// `GET /queries/{name}/errors`: the newest records the query sent to its error
+/// output (at most [`RECENT_ERRORS`](crate::runtime::manager::RECENT_ERRORS)),
+/// newest first, with the counters that say how many there were in all.
+async fn query_errors(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    use crate::runtime::manager::{RECENT_ERRORS, RECENT_PAYLOAD_BYTES};
+    let q = find_query(&state, &name)?;
+    let records: Vec<Value> = q
+        .recent_errors
+        .newest_first()
+        .into_iter()
+        .map(|e| {
+            json!({
+                "kind": e.kind,
+                "reason": e.reason,
+                "truncated": e.payload_bytes > e.payload.len(),
+                "payload_bytes": e.payload_bytes,
+                "payload": e.payload,
+                "arrival_time": fmt_ts(e.arrival_ms),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "query": q.name,
+        "errors": q.errors.load(Ordering::Relaxed),
+        "late": q.late.load(Ordering::Relaxed),
+        "kept": RECENT_ERRORS,
+        "payload_limit": RECENT_PAYLOAD_BYTES,
+        "records": records,
+    })))
 }
 
 async fn stop_query(
@@ -465,7 +509,7 @@ async fn stop_query(
 ) -> Result<Json<Value>, ApiError> {
     let q = find_query(&state, &name)?;
     state.manager.stop_query(&name)?;
-    Ok(Json(query_json(&q)))
+    Ok(Json(query_json(&state, &q)))
 }
 
 async fn start_query(
@@ -474,7 +518,7 @@ async fn start_query(
 ) -> Result<Json<Value>, ApiError> {
     let q = find_query(&state, &name)?;
     state.manager.start_query(&name)?;
-    Ok(Json(query_json(&q)))
+    Ok(Json(query_json(&state, &q)))
 }
 
 async fn delete_query(

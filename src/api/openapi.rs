@@ -188,6 +188,23 @@ pub(super) async fn document() -> Json<Value> {
                         "state_bytes": { "type": "integer" }
                     }
                 },
+                "QueryErrors": { "type": "object", "required": ["query", "errors", "late", "kept", "payload_limit", "records"], "properties": {
+                    "query": { "type": "string" },
+                    "errors": { "type": "integer" },
+                    "late": { "type": "integer" },
+                    "kept": { "type": "integer" },
+                    "payload_limit": { "type": "integer" },
+                    "records": { "type": "array", "items": { "type": "object",
+                        "required": ["kind", "reason", "payload", "payload_bytes", "truncated", "arrival_time"],
+                        "properties": {
+                            "kind": { "type": "string", "enum": ["malformed", "schema", "oversized", "late", "eval"] },
+                            "reason": { "type": "string" },
+                            "payload": { "type": "string" },
+                            "payload_bytes": { "type": "integer" },
+                            "truncated": { "type": "boolean" },
+                            "arrival_time": { "type": "string" }
+                        } } }
+                } },
                 "Stream": { "type": "object", "required": ["name", "sql", "connector", "columns"], "properties": {
                     "name": { "type": "string" }, "sql": { "type": "string" }, "connector": { "type": "string" },
                     "columns": { "type": "array", "items": { "type": "object" } },
@@ -237,6 +254,8 @@ pub(super) async fn document() -> Json<Value> {
                 "responses": { "200": json_response("stopped", query.clone()), "401": error_response("missing or wrong token"), "404": error_response("no such query") } } },
             "/queries/{name}/start": { "post": { "summary": "Start a stopped query", "security": secured, "parameters": [name_param("query")],
                 "responses": { "200": json_response("running", query.clone()), "400": error_response("cannot start"), "401": error_response("missing or wrong token"), "404": error_response("no such query") } } },
+            "/queries/{name}/errors": { "get": { "summary": "The newest records of the query's error output (at most 50), newest first, with their reasons", "security": secured, "parameters": [name_param("query")],
+                "responses": { "200": json_response("the records", json!({ "$ref": "#/components/schemas/QueryErrors" })), "401": error_response("missing or wrong token"), "404": error_response("no such query") } } },
             "/queries/{name}/ws": { "get": { "summary": "WebSocket of the query's output: latest results, then live ones", "security": secured, "parameters": [name_param("query")],
                 "responses": { "101": { "description": "switching to WebSocket" }, "400": error_response("not a WebSocket request"), "401": error_response("missing or wrong token"), "404": error_response("no such query") } } },
             "/streams": streams,

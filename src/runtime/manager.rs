@@ -179,6 +179,9 @@ pub struct QueryState {
     pub watermark: AtomicI64,
     pub state_bytes: AtomicU64,
     pub output: OutputHub,
+    /// The newest records the query sent to its error output, for the API (a few,
+    /// bounded: the counters above say how many there were).
+    pub recent_errors: RecentErrors,
 }
 
 impl QueryState {
@@ -193,6 +196,58 @@ impl QueryState {
     }
 }
 
+/// Error-output records a query keeps for `GET /queries/{name}/errors`.
+pub const RECENT_ERRORS: usize = 50;
+/// Longest payload kept with a recent error, bytes: enough to see what was wrong
+/// with a sensor reading, not a whole oversized message.
+pub const RECENT_PAYLOAD_BYTES: usize = 2048;
+
+/// One record of a query's error output, as kept for the API.
+#[derive(Debug, Clone)]
+pub struct RecentError {
+    pub kind: &'static str,
+    pub reason: String,
+    /// The payload, cut to [`RECENT_PAYLOAD_BYTES`] at a character boundary.
+    pub payload: String,
+    /// The payload's whole length, bytes (more than `payload` holds when it was cut).
+    pub payload_bytes: usize,
+    pub arrival_ms: i64,
+}
+
+/// The newest [`RECENT_ERRORS`] error-output records of a query, oldest first.
+#[derive(Debug, Default)]
+pub struct RecentErrors(Mutex<VecDeque<RecentError>>);
+
+impl RecentErrors {
+    fn push(&self, errors: &[crate::error::RecordError]) {
+        let mut ring = self.0.lock().expect("recent errors lock");
+        // Only the last RECENT_ERRORS of a large batch can stay: skip the others
+        // without copying their payloads.
+        for e in &errors[errors.len().saturating_sub(RECENT_ERRORS)..] {
+            if ring.len() == RECENT_ERRORS {
+                ring.pop_front();
+            }
+            let mut cut = e.payload.len().min(RECENT_PAYLOAD_BYTES);
+            while !e.payload.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            ring.push_back(RecentError {
+                kind: e.kind.as_str(),
+                reason: e.reason.clone(),
+                payload: e.payload[..cut].to_string(),
+                payload_bytes: e.payload.len(),
+                arrival_ms: e.arrival_ms,
+            });
+        }
+    }
+
+    /// The kept records, newest first.
+    pub fn newest_first(&self) -> Vec<RecentError> {
+        let ring = self.0.lock().expect("recent errors lock");
+        ring.iter().rev().cloned().collect()
+    }
+}
+
 /// What the API shows of a running stream.
 #[derive(Debug, Default)]
 pub struct StreamState {
@@ -203,6 +258,34 @@ pub struct StreamState {
     pub status: Mutex<String>,
     /// The connection, for network sources.
     pub health: Option<Arc<crate::health::Health>>,
+    /// Arrival time (ms) of the newest chunk the stream task has finished with, or
+    /// when the stream started, before the first.
+    pub processed_arrival_ms: AtomicI64,
+    /// The input channel, weakly: to count what waits in it without keeping it open
+    /// (a source's input must be able to end).
+    input: OnceLock<mpsc::WeakSender<Input>>,
+}
+
+impl StreamState {
+    /// Chunks the source has handed over that the stream task has not taken yet.
+    pub fn queued_chunks(&self) -> usize {
+        self.input
+            .get()
+            .and_then(|w| w.upgrade())
+            .map_or(0, |tx| tx.max_capacity() - tx.capacity())
+    }
+
+    /// How far behind the stream's processing is, ms: while input waits for the
+    /// stream task, the time since the newest chunk it finished with arrived (what
+    /// waits arrived after that). `None` when nothing waits: an idle or caught-up
+    /// stream is not behind, however old its watermark.
+    pub fn lag_ms(&self, now_ms: i64) -> Option<i64> {
+        if self.queued_chunks() == 0 {
+            return None;
+        }
+        let processed = self.processed_arrival_ms.load(Ordering::Relaxed);
+        Some((now_ms - processed).max(0))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -534,6 +617,7 @@ impl Manager {
                 watermark: AtomicI64::new(i64::MIN),
                 state_bytes: AtomicU64::new(0),
                 output: OutputHub::new(),
+                recent_errors: RecentErrors::default(),
             }),
         );
     }
@@ -726,6 +810,10 @@ impl Manager {
             ..Default::default()
         });
         *state.status.lock().expect("lock") = "running".into();
+        let _ = state.input.set(input_tx.downgrade());
+        state
+            .processed_arrival_ms
+            .store(SystemClock.now_ms(), Ordering::Relaxed);
         let source_state = Arc::clone(&state);
         let tx = input_tx.clone();
         let stream_name = def.name.clone();
@@ -1219,6 +1307,11 @@ impl StreamTask {
                     self.state.watermark.store(w, Ordering::Relaxed);
                 }
                 self.step(&decoded, wm, now).await;
+                if let Some(newest) = chunks.iter().map(|c| c.arrival_ms).max() {
+                    self.state
+                        .processed_arrival_ms
+                        .fetch_max(newest, Ordering::Relaxed);
+                }
                 IngestReport {
                     accepted,
                     rejected: decoded.errors,
@@ -1244,6 +1337,14 @@ impl StreamTask {
             .map(|q| step_query(&mut q.query, decoded, wm, now))
             .collect();
         let stream = self.core.def.name.clone();
+        // A record that failed to decode failed for the stream, not for one query:
+        // where the error output is the log, it is logged here, once, and each
+        // query below logs only its own errors (late records, failed expressions).
+        // An error sink still gets it from every query, with the query's name.
+        let decode_errors = decoded.errors.len();
+        if decode_errors > 0 && self.queries.iter().any(|q| q.errors.is_none()) {
+            log_errors(None, &stream, &decoded.errors);
+        }
         let mut failed: Vec<String> = Vec::new();
         for (i, out) in emitted.into_iter().enumerate() {
             // Everything needed across the awaits below is cloned out first: the query
@@ -1308,24 +1409,54 @@ impl StreamTask {
                 }
             }
             if !out.errors.is_empty() {
-                let Ok(batch) = errors_batch(&name, &stream, &out.errors) else {
-                    continue;
-                };
+                state.recent_errors.push(&out.errors);
                 match &errors {
                     Some(tx) => {
+                        let Ok(batch) = errors_batch(&name, &stream, &out.errors) else {
+                            continue;
+                        };
                         let _ = tx.send(batch).await;
                     }
-                    None => {
-                        let mut buf = Vec::new();
-                        if sinks::to_json_lines(&batch, &mut buf).is_ok() {
-                            eprint!("{}", String::from_utf8_lossy(&buf));
-                        }
-                    }
+                    // The stream's decode errors come first (see `step_query`) and
+                    // were logged above.
+                    None => log_errors(
+                        Some(&name),
+                        &stream,
+                        out.errors.get(decode_errors..).unwrap_or_default(),
+                    ),
                 }
             }
         }
         if !failed.is_empty() {
             self.queries.retain(|q| !failed.contains(&q.name));
         }
+    }
+}
+
+/// Writes error-output records to the log (stderr), one JSON line each, in the error
+/// output's row shape. `query` is `None` for a stream's decode errors, which concern
+/// every query of the stream: their lines have no `query` field.
+fn log_errors(query: Option<&str>, stream: &str, errors: &[crate::error::RecordError]) {
+    if errors.is_empty() {
+        return;
+    }
+    let Ok(mut batch) = errors_batch(query.unwrap_or(""), stream, errors) else {
+        return;
+    };
+    if query.is_none() {
+        let schema = batch.schema();
+        let rest: Vec<usize> = (0..batch.num_columns())
+            .filter(|&i| schema.field(i).name() != "query")
+            .collect();
+        match batch.project(&rest) {
+            Ok(b) => batch = b,
+            Err(_) => return,
+        }
+    }
+    let mut buf = Vec::new();
+    if sinks::to_json_lines(&batch, &mut buf).is_ok() {
+        use std::io::Write;
+        // One write per batch, so lines of concurrent streams do not interleave.
+        let _ = std::io::stderr().lock().write_all(&buf);
     }
 }

@@ -198,7 +198,9 @@ pub fn errors_batch(query: &str, stream: &str, errors: &[RecordError]) -> Result
 }
 
 /// Runs one step of a query: pushes the decoded batches, hands the stream's decode
-/// errors to the query's error output, then applies the new watermark.
+/// errors to the query's error output, then applies the new watermark. The decode
+/// errors come first in [`Emitted::errors`], in their order (the manager logs them
+/// once per stream and only the rest per query).
 pub(crate) fn step_query(
     q: &mut Query,
     decoded: &Decoded,

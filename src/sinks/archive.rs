@@ -430,7 +430,7 @@ impl ArchiveSink {
         o.finish("sink connector 'archive'")?;
         Ok(ArchiveSink {
             config: Arc::new(config),
-            health: Arc::new(Health::new()),
+            health: Arc::new(Health::idle()),
             writer: None,
         })
     }

@@ -49,7 +49,7 @@ impl TableSink {
         Ok(TableSink {
             spec,
             table,
-            health: Arc::new(Health::new()),
+            health: Arc::new(Health::idle()),
         })
     }
 }

@@ -2,7 +2,9 @@
 // tests/browser.rs against a live `sluice serve`. Debian's chromium, driven by
 // playwright-core (no browser download): submit an application, watch its rows and
 // chart arrive over the WebSocket, check the query list and a positioned SQL error,
-// run ad hoc SQL over an archive of the readings, and save a full-page screenshot.
+// run ad hoc SQL over an archive of the readings, see a stream whose broker is
+// unreachable as retrying with the reason and a query's bad records with theirs, and
+// save a full-page screenshot.
 //
 //   node tests/browser/dashboard.mjs [BASE_URL] [SCREENSHOT.png]
 //
@@ -31,6 +33,21 @@ GROUP BY TUMBLE(ts, INTERVAL '1' SECOND), deviceId;
 const ARCHIVE = `CREATE SINK b_archive WITH (connector = 'archive', flush_interval = '1s');
 CREATE QUERY b_arch AS INSERT INTO b_archive SELECT deviceId, temperature, ts FROM b_readings;
 `;
+
+/**
+ * Bad input and an outage: an `http` stream whose records we post (some malformed),
+ * and an MQTT stream whose broker does not exist (port 1 refuses connections).
+ */
+const TROUBLE = `CREATE STREAM b_http (deviceId INT NOT NULL, temperature DOUBLE) WITH (connector = 'http');
+CREATE QUERY b_bad AS SELECT deviceId, temperature FROM b_http;
+CREATE STREAM b_down (deviceId INT) WITH (connector = 'mqtt', url = 'mqtt://127.0.0.1:1', topics = 'b/readings');
+CREATE QUERY b_down_q AS SELECT deviceId FROM b_down;
+`;
+const BAD_RECORDS = [
+  '{"deviceId": 1, "temperature": "warm"}',
+  '{"deviceId": 2, "temperature": 21.5',
+  '{"deviceId": 3, "temperature": 22.5}',
+].join('\n') + '\n';
 
 /** A mistake on line 3 (a column that does not exist). */
 const BAD = `-- a query over a column that does not exist
@@ -216,9 +233,69 @@ try {
     `the ad hoc caret is not under line 2, column 22: ${JSON.stringify([shownLine, caretLine])}`);
   check((await page.locator('#adhoc-body tr').count()) === 0, 'the rows of the earlier query stay under the error');
 
+  // 8. Health: a stream whose broker is unreachable shows as retrying, with the
+  //    reason and the attempts; the archive sink, written by now, as connected.
+  const trouble = await fetch(base + '/applications', {
+    method: 'POST', headers: { 'Content-Type': 'text/plain' }, body: TROUBLE,
+  });
+  check(trouble.status === 201, `the application with an unreachable broker was refused: ${await trouble.text()}`);
+  const down = page.locator('[data-testid="stream-row"][data-name="b_down"]');
+  const retrying = await until('b_down to show as retrying with a reason', WAIT_ROWS_MS, async () => {
+    if ((await down.count()) !== 1 || (await down.getAttribute('data-health')) !== 'retrying') return false;
+    const pill = await down.getByTestId('stream-health').textContent();
+    const reason = await down.getByTestId('stream-reason').textContent();
+    return { pill, reason, retries: Number(await down.getAttribute('data-retries')) };
+  });
+  check(retrying.pill === 'retrying', `the b_down pill says ${JSON.stringify(retrying.pill)}`);
+  check(/refused/i.test(retrying.reason), `the b_down reason does not say the connection was refused: ${JSON.stringify(retrying.reason)}`);
+  check(retrying.retries >= 1 && /\(\d+ retr(y|ies)\)/.test(retrying.reason), `the b_down retries are not shown: ${JSON.stringify(retrying)}`);
+  log(`unreachable broker: ${JSON.stringify(retrying)}`);
+  const archiveHealth = await until('b_archive to show as connected', WAIT_MS, async () => {
+    const h = await page.locator('[data-testid="sink-row"][data-name="b_archive"]').getAttribute('data-health');
+    return h === 'connected' && h;
+  });
+  check((await page.getByTestId('health-summary').textContent()).includes('1 retrying'),
+    `the health summary does not count the retrying stream: ${await page.getByTestId('health-summary').textContent()}`);
+  log(`b_archive: ${archiveHealth}`);
+
+  // 9. Bad records: posted to b_http, they appear under b_bad with their reasons, and
+  //    a payload expands to the record as it arrived. An idle query shows no lag.
+  const ingested = await (await fetch(base + '/streams/b_http/records', {
+    method: 'POST', headers: { 'Content-Type': 'application/x-ndjson' }, body: BAD_RECORDS,
+  })).json();
+  check(ingested.accepted === 1 && ingested.rejected === 2, `the ingest report is ${JSON.stringify(ingested)}`);
+  const badRow = page.locator('[data-testid="query-row"][data-name="b_bad"]');
+  await until('b_bad to count 2 errors in the query list', WAIT_MS, async () =>
+    (await badRow.getByTestId('query-errors').count()) === 1 && (await badRow.getByTestId('query-errors').textContent()) === '2');
+  check((await badRow.getByTestId('query-lag').count()) === 0, 'the idle query b_bad shows a lag');
+  await badRow.getByTestId('query-errors').click();
+  const records = page.locator('[data-testid="bad-record"]');
+  const badShown = await until('the two bad records of b_bad', WAIT_MS, async () =>
+    (await page.getByTestId('bad-query').textContent()) === 'of b_bad' && (await records.count()) === 2 &&
+    records.evaluateAll((rows) => rows.map((r) => ({
+      kind: r.dataset.kind,
+      reason: r.querySelector('[data-testid="bad-record-reason"]').textContent,
+      payload: r.querySelector('[data-testid="bad-record-payload"] pre').textContent,
+    }))));
+  // Newest first: the two came in one body, so the later line leads.
+  check(badShown[0].payload === '{"deviceId": 2, "temperature": 21.5' && badShown[1].payload === '{"deviceId": 1, "temperature": "warm"}',
+    `the bad records are not the posted ones, newest first: ${JSON.stringify(badShown)}`);
+  for (const r of badShown) check(r.reason.length > 10, `a bad record has no reason: ${JSON.stringify(r)}`);
+  check(badShown.some((r) => /warm|Float64|double/i.test(r.reason)), `no reason says what was wrong with "warm": ${JSON.stringify(badShown)}`);
+  const summary = await page.getByTestId('bad-summary').textContent();
+  check(summary.startsWith('2 errors, 0 late'), `the bad records summary says ${JSON.stringify(summary)}`);
+  const payload = records.first().getByTestId('bad-record-payload');
+  check(!(await payload.evaluate((d) => d.open)), 'a payload is expanded before it was clicked');
+  await payload.locator('summary').click();
+  check(await payload.evaluate((d) => d.open), 'clicking a payload did not expand it');
+  // The page refreshes every 2 s: an expanded payload stays expanded.
+  await page.waitForTimeout(2500);
+  check(await records.first().getByTestId('bad-record-payload').evaluate((d) => d.open), 'the refresh folded the expanded payload');
+  log(`bad records: ${JSON.stringify(badShown)}`);
+
   check(pageErrors.length === 0, `the page threw: ${pageErrors.join('; ')}`);
 
-  // 8. The picture: rows, chart, query list and the positioned error.
+  // 10. The picture: query list, health, bad records, the positioned error.
   await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path: screenshot, fullPage: true });
   log(`screenshot: ${screenshot}`);
