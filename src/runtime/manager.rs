@@ -752,7 +752,9 @@ impl Manager {
             health: sink.health(),
             ..Default::default()
         });
-        *state.status.lock().expect("lock") = "running".into();
+        // `idle` until the first batch is written: a sink that never wrote has not
+        // proven it can.
+        *state.status.lock().expect("lock") = "idle".into();
         let st = Arc::clone(&state);
         let sink_name = name.to_string();
         let task = tokio::spawn(async move {
@@ -762,7 +764,9 @@ impl Manager {
                     failed = Some(e);
                     break;
                 }
-                st.batches.fetch_add(1, Ordering::Relaxed);
+                if st.batches.fetch_add(1, Ordering::Relaxed) == 0 {
+                    *st.status.lock().expect("lock") = "running".into();
+                }
                 st.rows
                     .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
             }
