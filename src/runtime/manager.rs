@@ -30,6 +30,7 @@ use crate::decode::{Chunk, Decoded};
 use crate::engine::watermark::{Clock, SystemClock};
 use crate::engine::{Emitted, Query};
 use crate::error::{Error, Result};
+use crate::render::{self, TimestampFormat::Rfc3339};
 use crate::sinks;
 use crate::sources::{self, IngestReport, Input};
 use crate::sql::ObjectKind;
@@ -86,7 +87,7 @@ impl OutputMessage {
     pub fn json(&self, query: &str) -> &str {
         self.json.get_or_init(|| {
             let mut buf = Vec::new();
-            let rows: serde_json::Value = match sinks::to_json_array(&self.batch, &mut buf) {
+            let rows: serde_json::Value = match render::json_array(&self.batch, Rfc3339, &mut buf) {
                 Ok(()) => serde_json::from_slice(&buf).unwrap_or_default(),
                 Err(_) => serde_json::Value::Array(Vec::new()),
             };
@@ -1072,7 +1073,7 @@ impl StreamTask {
                     }
                 } else if self.print_previews {
                     let mut buf = Vec::new();
-                    if sinks::to_json_lines(&b, &mut buf).is_ok() {
+                    if render::json_lines(&b, Rfc3339, &mut buf).is_ok() {
                         use std::io::Write;
                         let _ = std::io::stdout().lock().write_all(&buf);
                     }
@@ -1088,7 +1089,7 @@ impl StreamTask {
                     }
                     None => {
                         let mut buf = Vec::new();
-                        if sinks::to_json_lines(&batch, &mut buf).is_ok() {
+                        if render::json_lines(&batch, Rfc3339, &mut buf).is_ok() {
                             eprint!("{}", String::from_utf8_lossy(&buf));
                         }
                     }
