@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
 use datafusion::datasource::file_format::json::JsonFormat;
@@ -36,6 +36,7 @@ use futures::StreamExt;
 
 use crate::catalog::{Catalog, SinkDef};
 use crate::error::{Error, Position, Result};
+use crate::render::{self, TimestampFormat};
 use crate::sinks::SinkContext;
 use crate::sinks::archive::{ArchiveConfig, Format};
 use crate::tables;
@@ -319,9 +320,26 @@ async fn register_archive(ctx: &SessionContext, def: &SinkDef, sources: &Sources
         Format::Parquet(_) => None,
     };
     if let Some(schema) = json_schema {
+        let schema = match config.timestamps {
+            TimestampFormat::Rfc3339 => Arc::clone(schema),
+            // Written as epoch milliseconds: read as such, whatever the query's unit.
+            TimestampFormat::EpochMs => Arc::new(Schema::new(
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| match f.data_type() {
+                        DataType::Timestamp(_, tz) => f
+                            .as_ref()
+                            .clone()
+                            .with_data_type(DataType::Timestamp(TimeUnit::Millisecond, tz.clone())),
+                        _ => f.as_ref().clone(),
+                    })
+                    .collect::<Vec<_>>(),
+            )),
+        };
         let config = ListingTableConfig::new(url)
             .with_listing_options(listing)
-            .with_schema(Arc::clone(schema));
+            .with_schema(schema);
         ctx.register_table(def.name.as_str(), Arc::new(ListingTable::try_new(config)?))?;
         return Ok(());
     }
@@ -443,47 +461,66 @@ impl QueryOutput {
         let mut out = Vec::new();
         match format {
             OutputFormat::Json => {
-                let mut rows = Vec::new();
-                crate::sinks::to_json_array(
-                    &datafusion::arrow::compute::concat_batches(&self.schema, &self.batches)?,
-                    &mut rows,
-                )?;
-                let rows: serde_json::Value = serde_json::from_slice(&rows)
-                    .map_err(|e| Error::internal(format!("result rows as JSON: {e}")))?;
                 let columns: Vec<serde_json::Value> = self
                     .schema
                     .fields()
                     .iter()
                     .map(|f| serde_json::json!({"name": f.name(), "type": f.data_type().to_string()}))
                     .collect();
-                let doc = serde_json::json!({
-                    "columns": columns,
-                    "rows": rows,
+                // The rows are spliced in as render writes them (not through
+                // serde_json's numbers, which would round long decimals).
+                out.extend_from_slice(b"{\"columns\":");
+                serde_json::to_writer(&mut out, &columns)
+                    .map_err(|e| Error::internal(format!("result as JSON: {e}")))?;
+                out.extend_from_slice(b",\"rows\":");
+                render::json_array(
+                    &datafusion::arrow::compute::concat_batches(&self.schema, &self.batches)?,
+                    TimestampFormat::Rfc3339,
+                    &mut out,
+                )?;
+                let tail = serde_json::json!({
                     "row_count": self.rows,
                     "truncated": self.truncated,
                     "elapsed_ms": self.elapsed.as_secs_f64() * 1000.0,
-                });
-                serde_json::to_writer(&mut out, &doc)
-                    .map_err(|e| Error::internal(format!("result as JSON: {e}")))?;
+                })
+                .to_string();
+                // `{"row_count":…}` without its `{`, after the rows.
+                out.push(b',');
+                out.extend_from_slice(&tail.as_bytes()[1..]);
             }
             OutputFormat::Csv => {
-                if !self.batches.is_empty() {
-                    let mut w = datafusion::arrow::csv::WriterBuilder::new()
-                        .with_header(true)
-                        .build(&mut out);
-                    for b in &self.batches {
-                        w.write(b)?;
+                // RFC 4180: a header, then one line per row; a field holding a comma,
+                // a quote or a line break is quoted; a null is an empty field.
+                let mut text = String::new();
+                let names = self.schema.fields().iter().map(|f| f.name().as_str());
+                for (i, name) in names.enumerate() {
+                    if i > 0 {
+                        text.push(',');
                     }
-                } else {
-                    let header: Vec<&str> = self
-                        .schema
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().as_str())
-                        .collect();
-                    out.extend_from_slice(header.join(",").as_bytes());
-                    out.push(b'\n');
+                    csv_field(name, &mut text);
                 }
+                text.push('\n');
+                let mut value = String::new();
+                for b in &self.batches {
+                    let columns = b
+                        .columns()
+                        .iter()
+                        .map(|c| render::Values::new(c, TimestampFormat::Rfc3339))
+                        .collect::<Result<Vec<_>>>()?;
+                    for row in 0..b.num_rows() {
+                        for (i, c) in columns.iter().enumerate() {
+                            if i > 0 {
+                                text.push(',');
+                            }
+                            value.clear();
+                            if c.write_text(row, &mut value) {
+                                csv_field(&value, &mut text);
+                            }
+                        }
+                        text.push('\n');
+                    }
+                }
+                out.extend_from_slice(text.as_bytes());
             }
             OutputFormat::Arrow => {
                 let mut w =
@@ -494,9 +531,29 @@ impl QueryOutput {
                 w.finish()?;
             }
             OutputFormat::Table => {
+                // Values as every other output writes them, aligned by Arrow's printer.
+                let text_schema = Arc::new(Schema::new(
+                    self.schema
+                        .fields()
+                        .iter()
+                        .map(|f| Field::new(f.name(), DataType::Utf8, true))
+                        .collect::<Vec<_>>(),
+                ));
+                let mut texts = Vec::with_capacity(self.batches.len());
+                for b in &self.batches {
+                    let columns = b
+                        .columns()
+                        .iter()
+                        .map(|c| {
+                            let text = render::text_column(c, TimestampFormat::Rfc3339)?;
+                            Ok(Arc::new(StringArray::from(text)) as ArrayRef)
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    texts.push(RecordBatch::try_new(Arc::clone(&text_schema), columns)?);
+                }
                 let t = datafusion::arrow::util::pretty::pretty_format_batches_with_schema(
-                    Arc::clone(&self.schema),
-                    &self.batches,
+                    text_schema,
+                    &texts,
                 )?;
                 out.extend_from_slice(t.to_string().as_bytes());
                 out.push(b'\n');
@@ -516,5 +573,16 @@ impl QueryOutput {
             }
         }
         Ok(out)
+    }
+}
+
+/// Appends one CSV field, quoted when it holds a separator, a quote or a line break.
+fn csv_field(value: &str, out: &mut String) {
+    if value.contains([',', '"', '\n', '\r']) {
+        out.push('"');
+        out.push_str(&value.replace('"', "\"\""));
+        out.push('"');
+    } else {
+        out.push_str(value);
     }
 }

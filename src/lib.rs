@@ -15,6 +15,9 @@
 //!  tables    embedded alert tables: written by the `table` sink, read by api/
 //!  adhoc     ad hoc SQL over what sinks stored (archives, tables): POST /query,
 //!            `sluice query`
+//!  render    values as text and rows as JSON, one way for every sink, the WebSocket,
+//!            `sluice run`, error payloads and ad hoc output (below sinks, api, runtime
+//!            and adhoc; imports none of them)
 //! ```
 //!
 //! Data flows one way, through bounded channels of Arrow `RecordBatch`es, so a slow sink
@@ -25,7 +28,7 @@
 //! Imports run one way: `main → runtime`; the runtime uses `catalog → sql → engine →
 //! decode` on one side and `sources`, `sinks` on the other; `simulate` borrows only the
 //! simulator source's readings; `adhoc` reads what `sinks/archive.rs` and `tables`
-//! wrote, with their settings; everything may use `error`.
+//! wrote, with their settings; everything may use `error` and `render`.
 
 pub mod adhoc;
 pub mod api;
@@ -36,6 +39,7 @@ pub mod decode;
 pub mod engine;
 pub mod error;
 pub mod health;
+pub mod render;
 pub mod runtime;
 pub mod simulate;
 pub mod sinks;

@@ -6,7 +6,8 @@
 //! its sort key attribute) say which item it is: writing an item with the same key
 //! replaces the old one, as DynamoDB's PutItem does, so a replayed write changes
 //! nothing. Items of one partition key are ordered by sort key (numbers before strings,
-//! numbers by value, strings by bytes, so ISO 8601 times sort by time).
+//! numbers by value, strings by bytes: times sort by time as `epoch_ms` numbers, see
+//! `timestamp_format` in docs/sql.md).
 //!
 //! **On disk.** `<data_dir>/tables/<name>.log`: one line per written item, appended
 //! and synced before a write returns; opening a table replays it. A crash in the middle

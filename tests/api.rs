@@ -862,8 +862,9 @@ async fn http_ingest_reports_accepted_and_rejected_records() {
     }
 }
 
-/// Reads the next text message as JSON, failing after a few seconds.
-async fn next_json<S>(ws: &mut S) -> Value
+/// Reads the next text message as JSON, failing after a few seconds (also used by
+/// tests/redis_sink.rs).
+pub(crate) async fn next_json<S>(ws: &mut S) -> Value
 where
     S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
@@ -918,7 +919,7 @@ async fn websocket_sends_the_latest_results_then_live_ones_in_order() {
         assert_eq!(m["query"], "live", "{m}");
         assert_eq!(
             m["rows"],
-            json!([{"deviceId": i, "temperature": 60.0}]),
+            json!([{"deviceId": i, "temperature": 60}]),
             "{m}"
         );
         let seq = m["seq"].as_u64().unwrap();
@@ -942,7 +943,7 @@ async fn websocket_sends_the_latest_results_then_live_ones_in_order() {
     let m = next_json(&mut ws).await;
     assert_eq!(
         m["rows"],
-        json!([{"deviceId": 99, "temperature": 70.0}]),
+        json!([{"deviceId": 99, "temperature": 70}]),
         "{m}"
     );
     assert!(m["seq"].as_u64().unwrap() > last_seq, "{m}");
@@ -964,7 +965,7 @@ async fn websocket_sends_the_latest_results_then_live_ones_in_order() {
     assert_eq!(m["query"], "win");
     assert_eq!(
         m["window"],
-        json!({"start": "1970-01-01T00:00:00", "end": "1970-01-01T00:00:10"}),
+        json!({"start": "1970-01-01T00:00:00Z", "end": "1970-01-01T00:00:10Z"}),
         "{m}"
     );
     assert_eq!(m["rows"][0]["n"], 22, "{m}");

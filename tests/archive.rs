@@ -355,7 +355,7 @@ print(json.dumps(out))
     .await;
     assert_eq!(
         rows,
-        [json!({"n": 2000, "d": 2000, "first": "2026-11-21T12:00:00"})]
+        [json!({"n": 2000, "d": 2000, "first": "2026-11-21T12:00:00Z"})]
     );
     m.shutdown(Duration::from_secs(5)).await;
 }
@@ -562,7 +562,7 @@ async fn post_query_answers_json_csv_and_arrow_within_its_limits_and_only_reads(
     assert_eq!(doc["truncated"], true);
     assert_eq!(
         doc["rows"][4],
-        json!({"seq": 4, "ts": "2026-11-21T12:00:14.400"})
+        json!({"seq": 4, "ts": "2026-11-21T12:00:14.400Z"})
     );
     assert_eq!(
         doc["columns"][1],
@@ -689,9 +689,63 @@ async fn json_lines_archive_reads_back_with_the_query_types() {
     assert_eq!(
         doc["rows"],
         json!([
-            {"hour": "12", "n": 1000, "first": "2026-11-21T12:00:00", "last": 999},
-            {"hour": "13", "n": 500, "first": "2026-11-21T13:00:00", "last": 1499},
+            {"hour": "12", "n": 1000, "first": "2026-11-21T12:00:00Z", "last": 999},
+            {"hour": "13", "n": 500, "first": "2026-11-21T13:00:00Z", "last": 1499},
         ])
+    );
+    m.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A JSON-lines archive written with `timestamp_format = 'epoch_ms'` holds numbers,
+/// which ad hoc SQL still reads as times (of a microsecond column too); and every ad
+/// hoc output writes a time and a float the one way (`…Z`, `20`), the table too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epoch_ms_json_archive_reads_back_as_times_in_every_output() {
+    let dir = Scratch::new("archive-epoch");
+    let input = dir.path().join("in.jsonl");
+    write_readings(&input, 10, 0);
+    let app = format!(
+        "CREATE STREAM r (deviceId TEXT, temperature DOUBLE, seq BIGINT, ts TIMESTAMP(6))
+           WITH (connector = 'file', path = '{}');
+         CREATE SINK arch WITH (connector = 'archive', format = 'json',
+           timestamp_format = 'epoch_ms');
+         CREATE QUERY q AS INSERT INTO arch SELECT deviceId, temperature, seq, ts FROM r;",
+        input.display()
+    );
+    let m = manager(Some(dir.path()));
+    m.apply(&app).unwrap();
+    finish(&m, &["q"]).await;
+    let objects = walk(&dir.path().join("archive").join("arch"));
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    let first = std::fs::read_to_string(&objects[0]).unwrap();
+    assert_eq!(
+        first.lines().next().unwrap(),
+        format!(r#"{{"deviceId":"dev-0","temperature":20,"seq":0,"ts":{T0}}}"#)
+    );
+
+    let m = manager(Some(dir.path()));
+    m.apply(&app).unwrap();
+    let q = "SELECT seq, temperature, ts FROM arch WHERE seq < 2 ORDER BY seq";
+    let out = adhoc::run(q, None, &sources(&m), &Limits::default())
+        .await
+        .unwrap();
+    let text = |f| String::from_utf8(out.encode(f).unwrap()).unwrap();
+    let doc: Value = serde_json::from_str(&text(adhoc::OutputFormat::Json)).unwrap();
+    assert_eq!(
+        doc["rows"],
+        json!([
+            {"seq": 0, "temperature": 20, "ts": "2026-11-21T12:00:00Z"},
+            {"seq": 1, "temperature": 20.5, "ts": "2026-11-21T12:00:03.600Z"},
+        ])
+    );
+    assert_eq!(
+        text(adhoc::OutputFormat::Csv),
+        "seq,temperature,ts\n0,20,2026-11-21T12:00:00Z\n1,20.5,2026-11-21T12:00:03.600Z\n"
+    );
+    let table = text(adhoc::OutputFormat::Table);
+    assert!(
+        table.contains("| 1   | 20.5        | 2026-11-21T12:00:03.600Z |"),
+        "{table}"
     );
     m.shutdown(Duration::from_secs(5)).await;
 }

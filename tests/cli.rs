@@ -106,8 +106,8 @@ fn run_reads_a_file_to_its_end_and_writes_windows_and_errors() {
         assert_eq!(r["n"], 10, "{r}");
         assert!(r["deviceId"] == 2 || r["deviceId"] == 3);
     }
-    assert_eq!(rows[0]["window_start"], "1970-01-01T00:00:00");
-    assert_eq!(rows[5]["window_start"], "1970-01-01T00:00:20");
+    assert_eq!(rows[0]["window_start"], "1970-01-01T00:00:00Z");
+    assert_eq!(rows[5]["window_start"], "1970-01-01T00:00:20Z");
     let errors = std::fs::read_to_string(&err_path).unwrap();
     let errors: Vec<serde_json::Value> = errors
         .lines()

@@ -172,6 +172,23 @@ fn reading(seq: i64, device: i64, temperature: f64, climate: &str, ts: i64) -> V
     })
 }
 
+/// The next `n` pub/sub messages, as (channel, payload).
+async fn next_messages(pubsub: &mut redis::aio::PubSub, n: usize) -> Vec<(String, String)> {
+    let mut messages = pubsub.on_message();
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let msg = tokio::time::timeout(WAIT, messages.next())
+            .await
+            .expect("a published message")
+            .expect("subscription open");
+        got.push((
+            msg.get_channel_name().to_string(),
+            msg.get_payload::<String>().unwrap(),
+        ));
+    }
+    got
+}
+
 fn hash_of(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = pairs
         .iter()
@@ -315,30 +332,21 @@ async fn publish_reaches_a_subscriber() {
         &[
             reading(1, 9, 99.5, "hot", 1_767_262_500_000),
             json!({"seq": 2, "deviceId": 9}),
+            json!({"seq": 3, "deviceId": 9, "temperature": 50}),
         ],
     )
     .await;
-    let mut messages = pubsub.on_message();
-    let mut got = Vec::new();
-    for _ in 0..4 {
-        let msg = tokio::time::timeout(WAIT, messages.next())
-            .await
-            .expect("a published message")
-            .expect("subscription open");
-        got.push((
-            msg.get_channel_name().to_string(),
-            msg.get_payload::<String>().unwrap(),
-        ));
-    }
+    let got = next_messages(&mut pubsub, 5).await;
     let row1: Value = serde_json::from_str(&got[0].1).unwrap();
     assert_eq!(got[0].0, "Warnings");
     assert_eq!(
         row1,
         json!({"seq": 1, "deviceId": 9, "temperature": 99.5, "humidity": 40.5,
-               "deviceIP": "10.0.0.9", "climate": "hot", "ts": "2026-01-01T10:15:00"})
+               "deviceIP": "10.0.0.9", "climate": "hot", "ts": "2026-01-01T10:15:00Z"})
     );
     assert_eq!(got[1], ("device:9".to_string(), "99.5".to_string()));
-    // Nulls are left out of {*} and render as "" in a message.
+    // Nulls are left out of {*}; a null message publishes nothing (row 2's
+    // temperature), so the next message on device:9 is row 3's.
     assert_eq!(
         got[2],
         (
@@ -346,7 +354,98 @@ async fn publish_reaches_a_subscriber() {
             r#"{"seq":2,"deviceId":9}"#.to_string()
         )
     );
-    assert_eq!(got[3], ("device:9".to_string(), String::new()));
+    assert_eq!(
+        got[3],
+        (
+            "Warnings".to_string(),
+            r#"{"seq":3,"deviceId":9,"temperature":50}"#.to_string()
+        )
+    );
+    assert_eq!(got[4], ("device:9".to_string(), "50".to_string()));
+}
+
+/// Seed 003's warning, as the article's Lambda sent it: `PUBLISH Warnings {warning}`
+/// with a `CASE` that is null unless the reading is hot publishes only hot readings,
+/// and with `transaction` every command of a row, PUBLISH included, runs inside the
+/// batch's MULTI/EXEC (seen by MONITOR, in the order Redis ran them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_of_a_null_is_skipped_and_runs_inside_the_multi() {
+    let s = Setup::new().await;
+    let mut pubsub = s.redis.client().get_async_pubsub().await.unwrap();
+    pubsub.subscribe("Warnings").await.unwrap();
+    let mut monitor = s.redis.client().get_async_monitor().await.unwrap();
+    s.apply(&format!(
+        "{READINGS}{}CREATE QUERY q AS INSERT INTO out \
+         SELECT deviceId, temperature, climate, ts, \
+                CASE WHEN temperature > 85 THEN concat(\'hot \', deviceId) END AS warning \
+         FROM r;",
+        s.sink_sql(
+            "out",
+            "INCRBY climate:{climate} 1; HSET {deviceId} temperature climate timestamp={ts}; \
+             PUBLISH Warnings {warning}",
+            ", transaction = \'true\'"
+        )
+    ));
+    s.ingest(
+        "r",
+        &[
+            reading(1, 1, 90.0, "hot", 1_767_262_500_000),
+            reading(2, 2, 70.0, "warm", 1_767_262_501_000),
+            reading(3, 3, 95.5, "hot", 1_767_262_502_000),
+        ],
+    )
+    .await;
+    s.wait_rows("out", 3).await;
+
+    // What Redis ran for the sink's connection, from its MULTI to its EXEC.
+    let mut lines = monitor.on_message::<String>();
+    let mut client = None;
+    let mut verbs = Vec::new();
+    while verbs.last().is_none_or(|v| v != "EXEC") {
+        let line = tokio::time::timeout(WAIT, lines.next())
+            .await
+            .expect("MONITOR output")
+            .expect("MONITOR open");
+        // `1767262500.123456 [0 127.0.0.1:50000] "VERB" "arg" …`
+        let (Some(addr), Some(verb)) = (
+            line.split(['[', ']']).nth(1),
+            line.split('"').nth(1).map(str::to_ascii_uppercase),
+        ) else {
+            continue;
+        };
+        if verb == "MULTI" && client.is_none() {
+            client = Some(addr.to_string());
+        }
+        if client.as_deref() == Some(addr) {
+            verbs.push(verb);
+        }
+    }
+    assert_eq!(
+        verbs,
+        [
+            "MULTI", "INCRBY", "HSET", "PUBLISH", "INCRBY", "HSET", "INCRBY", "HSET", "PUBLISH",
+            "EXEC"
+        ],
+        "row 2 is not hot: its PUBLISH is skipped, the others are inside the MULTI"
+    );
+    let got = next_messages(&mut pubsub, 2).await;
+    assert_eq!(
+        got,
+        [
+            ("Warnings".to_string(), "hot 1".to_string()),
+            ("Warnings".to_string(), "hot 3".to_string())
+        ]
+    );
+    let health = s.manager.sink_state("out").unwrap().health.clone().unwrap();
+    assert_eq!(health.to_json()["skipped"], 1);
+    assert_eq!(
+        s.hash("2").await,
+        hash_of(&[
+            ("temperature", "70"),
+            ("climate", "warm"),
+            ("timestamp", "2026-01-01T10:15:01Z"),
+        ])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -555,7 +654,7 @@ async fn once_counters_ignore_a_replayed_window() {
         "plain INCRBY counts the replay again"
     );
     assert_eq!(
-        s.hash("w:1970-01-01T00%3A00%3A00Z:1").await,
+        s.hash("w:1970-01-01T00:00:00Z:1").await,
         hash_of(&[("n", "2")]),
         "HSET keyed by window overwrites on replay"
     );
@@ -573,9 +672,7 @@ async fn once_counters_ignore_a_replayed_window() {
     // Window [10 s, 20 s) held device 3 (12 s) and device 1 (15 s) once each.
     assert_eq!(s.get("once:1").await.as_deref(), Some("3"));
     assert_eq!(s.get("once:3").await.as_deref(), Some("1"));
-    let ttl: i64 = s
-        .redis(&["TTL", "once:1:once:1970-01-01T00%3A00%3A00Z"])
-        .await;
+    let ttl: i64 = s.redis(&["TTL", "once:1:once:1970-01-01T00:00:00Z"]).await;
     assert!(
         (7 * 24 * 3600 - 60..=7 * 24 * 3600).contains(&ttl),
         "ONCE marker TTL is {ttl}"
@@ -815,4 +912,142 @@ async fn an_outage_blocks_the_sink_and_loses_nothing() {
         .await
         .unwrap();
     assert_eq!(t, "42");
+}
+
+/// One timestamp, one form: the same reading's time in `{*}`, in an HSET field, in a
+/// key, in an embedded table's item and in a WebSocket row is RFC 3339 in UTC with
+/// `Z` (an input written with an offset is converted), and a whole DOUBLE is `88`;
+/// with `timestamp_format = 'epoch_ms'` the sinks write epoch milliseconds instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_timestamp_form_everywhere() {
+    let dir = crate::services::Scratch::new("render");
+    let redis = RedisServer::start();
+    let conn = redis.connection().await;
+    let m = crate::support::manager(Some(dir.path()));
+    let url = redis.url();
+    m.apply(&format!(
+        "CREATE STREAM r (deviceId INT NOT NULL, temperature DOUBLE, ts TIMESTAMP)
+           WITH (connector = 'http');
+         CREATE SINK rd WITH (connector = 'redis', url = '{url}',
+           commands = 'SET row:{{deviceId}} {{*}}; HSET h:{{deviceId}} temperature ts; SET at:{{ts}} {{deviceId}}');
+         CREATE SINK rd_ms WITH (connector = 'redis', url = '{url}', timestamp_format = 'epoch_ms',
+           commands = 'SET ms:row:{{deviceId}} {{*}}; HSET ms:h:{{deviceId}} ts; SET ms:at:{{ts}} {{deviceId}}');
+         CREATE SINK t WITH (connector = 'table', table = 'readings', partition_key = 'deviceId');
+         CREATE SINK t_ms WITH (connector = 'table', table = 'readings_ms', partition_key = 'deviceId',
+           timestamp_format = 'epoch_ms');
+         CREATE QUERY q1 AS INSERT INTO rd SELECT * FROM r;
+         CREATE QUERY q2 AS INSERT INTO rd_ms SELECT * FROM r;
+         CREATE QUERY q3 AS INSERT INTO t SELECT * FROM r;
+         CREATE QUERY q4 AS INSERT INTO t_ms SELECT * FROM r;
+         CREATE QUERY preview AS SELECT * FROM r;"
+    ))
+    .unwrap();
+    let router = app(
+        Arc::clone(&m),
+        ApiOptions {
+            data_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = router.clone();
+    tokio::spawn(async move { axum::serve(listener, served).await });
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/queries/preview/ws"))
+        .await
+        .unwrap();
+
+    // The same instant, once in UTC and once with an offset.
+    let body = "{\"deviceId\": 7, \"temperature\": 88, \"ts\": \"2026-12-04T14:36:27.348Z\"}\n\
+                {\"deviceId\": 8, \"temperature\": 21.5, \"ts\": \"2026-12-04T16:36:27.348+02:00\"}\n";
+    let report = m.ingest("r", body.as_bytes().to_vec()).await.unwrap();
+    assert_eq!(report.accepted, 2, "{:?}", report.rejected);
+    const TS: &str = "2026-12-04T14:36:27.348Z";
+    const MS: i64 = 1_796_394_987_348;
+
+    // The WebSocket row.
+    let msg = crate::api::next_json(&mut ws).await;
+    assert_eq!(
+        msg["rows"],
+        json!([{"deviceId": 7, "temperature": 88, "ts": TS},
+               {"deviceId": 8, "temperature": 21.5, "ts": TS}]),
+        "{msg}"
+    );
+    for sink in ["rd", "rd_ms", "t", "t_ms"] {
+        eventually(&format!("sink {sink} to write both rows"), WAIT, || async {
+            let state = m.sink_state(sink)?;
+            (state.rows.load(Ordering::Relaxed) == 2).then_some(())
+        })
+        .await;
+    }
+    let get = |key: String| {
+        let mut c = conn.clone();
+        async move {
+            redis::cmd("GET")
+                .arg(&key)
+                .query_async::<Option<String>>(&mut c)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("no key {key}"))
+        }
+    };
+
+    // {*}, an HSET field and a key (unescaped: a time cannot fake a separator).
+    assert_eq!(
+        get("row:7".into()).await,
+        format!(r#"{{"deviceId":7,"temperature":88,"ts":"{TS}"}}"#)
+    );
+    let h: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg("h:8")
+        .query_async(&mut conn.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        h,
+        [
+            ("temperature".to_string(), "21.5".to_string()),
+            ("ts".to_string(), TS.to_string())
+        ]
+    );
+    assert_eq!(get(format!("at:{TS}")).await, "8");
+
+    // The embedded table's items, over the API.
+    let items = |table: &'static str| {
+        let router = router.clone();
+        async move {
+            let resp = router
+                .oneshot(
+                    Request::get(format!("/tables/{table}/items?pk=7"))
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            serde_json::from_slice::<Value>(&body).unwrap()["items"].clone()
+        }
+    };
+    assert_eq!(
+        items("readings").await,
+        json!([{"deviceId": 7, "temperature": 88, "ts": TS}])
+    );
+
+    // epoch_ms: the same instant as milliseconds, in every place.
+    assert_eq!(
+        get("ms:row:7".into()).await,
+        format!(r#"{{"deviceId":7,"temperature":88,"ts":{MS}}}"#)
+    );
+    let h: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg("ms:h:8")
+        .query_async(&mut conn.clone())
+        .await
+        .unwrap();
+    assert_eq!(h, [("ts".to_string(), MS.to_string())]);
+    assert_eq!(get(format!("ms:at:{MS}")).await, "8");
+    assert_eq!(
+        items("readings_ms").await,
+        json!([{"deviceId": 7, "temperature": 88, "ts": MS}])
+    );
 }

@@ -325,7 +325,7 @@ fn restart_brings_back_the_catalog_and_the_running_queries() {
     let mut ws = websocket(&first.addr, "/queries/hot/ws").unwrap();
     assert_eq!(
         next_json(&mut ws)["rows"],
-        json!([{"deviceId": 1, "temperature": 60.0}, {"deviceId": 3, "temperature": 70.0}])
+        json!([{"deviceId": 1, "temperature": 60}, {"deviceId": 3, "temperature": 70}])
     );
     let (status, took) = first.terminate();
     assert!(
@@ -361,7 +361,7 @@ fn restart_brings_back_the_catalog_and_the_running_queries() {
         || {
             second
                 .stdout_text()
-                .contains(r#"{"deviceId":4,"temperature":80.0}"#)
+                .contains(r#"{"deviceId":4,"temperature":80}"#)
         },
     );
     // The stopped one starts again when asked.

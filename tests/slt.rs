@@ -25,9 +25,9 @@
 use std::path::{Path, PathBuf};
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use libtest_mimic::{Arguments, Failed, Trial};
 use sluice::engine::fmt_ts;
+use sluice::render::{TimestampFormat, Values};
 use sluice::runtime::Step;
 use sqllogictest::{DBOutput, DefaultColumnType};
 
@@ -50,27 +50,30 @@ struct Engine {
 }
 
 impl Engine {
+    /// Rows as users see them: each value as text the way every sink writes it
+    /// ([`sluice::render`]: RFC 3339 times with `Z`, `88` for a whole DOUBLE), `NULL`
+    /// for a null and `(empty)` for an empty string.
     fn rows(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, SltError> {
-        let options = FormatOptions::default().with_null("NULL");
         let mut rows = Vec::new();
         for b in batches {
-            let formatters = b
+            let columns = b
                 .columns()
                 .iter()
-                .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+                .map(|c| Values::new(c, TimestampFormat::Rfc3339))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| SltError(e.to_string()))?;
             for r in 0..b.num_rows() {
                 rows.push(
-                    formatters
+                    columns
                         .iter()
-                        .map(|f| {
-                            let s = f.value(r).to_string();
-                            if s.is_empty() {
-                                "(empty)".to_string()
-                            } else {
-                                s
+                        .map(|c| {
+                            let mut s = String::new();
+                            if !c.write_text(r, &mut s) {
+                                s.push_str("NULL");
+                            } else if s.is_empty() {
+                                s.push_str("(empty)");
                             }
+                            s
                         })
                         .collect(),
                 );

@@ -26,6 +26,7 @@ use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 
 use crate::error::{RecordError, RecordErrorKind, Result};
+use crate::render;
 use aggregate::{AggregatePlan, WindowAggregate};
 use session::SessionAggregate;
 use stateless::{StatelessOp, apply_all};
@@ -295,29 +296,20 @@ impl std::fmt::Debug for Query {
     }
 }
 
-/// Renders a millisecond timestamp as RFC 3339 UTC for messages.
+/// Renders a millisecond timestamp for messages and API fields (a watermark): RFC 3339
+/// in UTC as [`crate::render`] writes every time, or `±inf` for the watermark of an
+/// input that ended (or has not begun).
 pub fn fmt_ts(ms: i64) -> String {
     match ms {
         i64::MAX => "+inf".to_string(),
         i64::MIN => "-inf".to_string(),
-        _ => match datafusion::arrow::temporal_conversions::timestamp_ms_to_datetime(ms) {
-            Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
-            None => ms.to_string(),
-        },
+        _ => render::timestamp_ms(ms),
     }
 }
 
-/// One row of a batch as a JSON object (for error payloads).
-pub fn row_as_json(batch: &RecordBatch, row: usize) -> String {
-    let one = batch.slice(row, 1);
-    let mut buf = Vec::new();
-    {
-        let mut w = arrow_json::LineDelimitedWriter::new(&mut buf);
-        if w.write(&one).and_then(|_| w.finish()).is_err() {
-            return String::new();
-        }
-    }
-    String::from_utf8_lossy(&buf).trim_end().to_string()
+/// One row of a batch as a JSON object (for error payloads), as sinks write rows.
+fn row_as_json(batch: &RecordBatch, row: usize) -> String {
+    render::row_json(batch, row).unwrap_or_default()
 }
 
 #[allow(dead_code)]

@@ -30,6 +30,7 @@ use crate::decode::{Chunk, Decoded};
 use crate::engine::watermark::{Clock, SystemClock};
 use crate::engine::{Emitted, Query};
 use crate::error::{Error, Result};
+use crate::render::{self, TimestampFormat::Rfc3339};
 use crate::sinks;
 use crate::sources::{self, IngestReport, Input};
 use crate::sql::ObjectKind;
@@ -86,7 +87,7 @@ impl OutputMessage {
     pub fn json(&self, query: &str) -> &str {
         self.json.get_or_init(|| {
             let mut buf = Vec::new();
-            let rows: serde_json::Value = match sinks::to_json_array(&self.batch, &mut buf) {
+            let rows: serde_json::Value = match render::json_array(&self.batch, Rfc3339, &mut buf) {
                 Ok(()) => serde_json::from_slice(&buf).unwrap_or_default(),
                 Err(_) => serde_json::Value::Array(Vec::new()),
             };
@@ -1406,7 +1407,7 @@ impl StreamTask {
                     }
                 } else if self.print_previews {
                     let mut buf = Vec::new();
-                    if sinks::to_json_lines(&b, &mut buf).is_ok() {
+                    if render::json_lines(&b, Rfc3339, &mut buf).is_ok() {
                         use std::io::Write;
                         let _ = std::io::stdout().lock().write_all(&buf);
                     }
@@ -1458,7 +1459,7 @@ fn log_errors(query: Option<&str>, stream: &str, errors: &[crate::error::RecordE
         }
     }
     let mut buf = Vec::new();
-    if sinks::to_json_lines(&batch, &mut buf).is_ok() {
+    if render::json_lines(&batch, Rfc3339, &mut buf).is_ok() {
         use std::io::Write;
         // One write per batch, so lines of concurrent streams do not interleave.
         let _ = std::io::stderr().lock().write_all(&buf);

@@ -58,11 +58,12 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{Sink, SinkContext, to_json_lines};
+use super::{Sink, SinkContext};
 use crate::aws::AwsConnect;
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::health::{Backoff, Health};
+use crate::render::{TimestampFormat, json_lines};
 use crate::sources::resolve_path;
 use crate::sql::Options;
 
@@ -186,6 +187,8 @@ pub struct ArchiveConfig {
     /// What to show operators (`s3://bucket/prefix`, a directory).
     pub describe: String,
     pub format: Format,
+    /// `timestamp_format` of JSON-lines archives (Parquet keeps timestamps typed).
+    pub timestamps: TimestampFormat,
     pub flush_bytes: usize,
     pub flush_interval: Duration,
     pub partition_by: Option<String>,
@@ -263,6 +266,19 @@ impl ArchiveConfig {
                 }
             },
         };
+        let timestamps = match format {
+            Format::Json { .. } => super::take_timestamp_format(o)?,
+            Format::Parquet(_) => match o.take(TimestampFormat::OPTION) {
+                None => TimestampFormat::default(),
+                Some(t) => {
+                    return Err(Error::user_at(
+                        "option 'timestamp_format' applies to format = 'json': Parquet keeps \
+                         timestamps typed",
+                        t.position,
+                    ));
+                }
+            },
+        };
         let flush_mb = match o.take("flush_size_mb") {
             None => 64.0,
             // The buffer is memory: bounded, like Firehose's (128 MiB), if more
@@ -302,6 +318,7 @@ impl ArchiveConfig {
             location,
             describe,
             format,
+            timestamps,
             flush_bytes: (flush_mb * 1024.0 * 1024.0) as usize,
             flush_interval,
             partition_by,
@@ -650,7 +667,7 @@ impl Writer {
         part.first_ms = part.first_ms.min(first_ms);
         let added = if json {
             let before = part.lines.len();
-            to_json_lines(&batch, &mut part.lines)?;
+            json_lines(&batch, self.config.timestamps, &mut part.lines)?;
             part.lines.len() - before
         } else {
             let n = batch.get_array_memory_size();
@@ -663,7 +680,7 @@ impl Writer {
 
     fn add_errors(&mut self, batch: &RecordBatch, reason: &str) -> Result<()> {
         let mut lines = Vec::new();
-        to_json_lines(batch, &mut lines)?;
+        json_lines(batch, self.config.timestamps, &mut lines)?;
         let now = now_ms();
         let key = self
             .config

@@ -1,4 +1,5 @@
-//! `file` sink: query results appended to a local file as JSON lines.
+//! `file` sink: query results appended to a local file as JSON lines, rendered by
+//! [`crate::render`] (`timestamp_format` chooses RFC 3339 or epoch ms).
 //!
 //! ```sql
 //! CREATE SINK out WITH (connector = 'file', path = 'results.jsonl');
@@ -10,8 +11,9 @@ use datafusion::arrow::array::RecordBatch;
 use futures::future::BoxFuture;
 use tokio::io::AsyncWriteExt;
 
-use super::{Sink, SinkContext, to_json_lines};
+use super::{Sink, SinkContext, take_timestamp_format};
 use crate::error::{Error, Result};
+use crate::render::{TimestampFormat, json_lines};
 use crate::sources::resolve_path;
 use crate::sql::Options;
 
@@ -20,6 +22,8 @@ pub struct FileSink {
     path: PathBuf,
     /// `append`: keep what the file holds (default false: start it empty).
     append: bool,
+    /// `timestamp_format`: `rfc3339` (default) or `epoch_ms`.
+    timestamps: TimestampFormat,
     file: Option<tokio::io::BufWriter<tokio::fs::File>>,
     buf: Vec<u8>,
 }
@@ -28,10 +32,12 @@ impl FileSink {
     pub fn from_options(mut o: Options, ctx: &SinkContext) -> Result<Self> {
         let path = o.require_string("path", "the file sink")?;
         let append = o.take_bool("append")?.unwrap_or(false);
+        let timestamps = take_timestamp_format(&mut o)?;
         o.finish("sink connector 'file'")?;
         Ok(FileSink {
             path: resolve_path(&path, ctx.file_root.as_ref())?,
             append,
+            timestamps,
             file: None,
             buf: Vec::new(),
         })
@@ -63,7 +69,7 @@ impl Sink for FileSink {
         Box::pin(async move {
             let mut buf = std::mem::take(&mut self.buf);
             buf.clear();
-            to_json_lines(batch, &mut buf)?;
+            json_lines(batch, self.timestamps, &mut buf)?;
             self.open().await?.write_all(&buf).await?;
             self.buf = buf;
             Ok(())

@@ -9,6 +9,9 @@
 //! | `sort_key` | none | the column whose value is the item's sort key |
 //! | `attributes` | every column | columns to store, comma-separated (`col` or `col AS name`); the key columns are always stored |
 //! | `ttl_attribute` + `ttl` | none | an attribute holding the item's expiry, epoch seconds = write time + `ttl` (DynamoDB's TTL format) |
+//! | `timestamp_format` | `rfc3339` | times as RFC 3339 text, or `epoch_ms` numbers |
+//!
+//! An item is the row as [`crate::render`] writes it as JSON (nulls left out).
 //!
 //! A row whose key column is null (or not a string or number) cannot be an item: it
 //! is skipped and counted in the sink's health, like a Redis command missing a value.
@@ -19,6 +22,7 @@ use datafusion::arrow::array::RecordBatch;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::render::{TimestampFormat, json_objects};
 use crate::sql::Options;
 use crate::tables::{KeySchema, KeyValue, check_name};
 
@@ -29,6 +33,7 @@ pub struct ItemSpec {
     /// `(column, attribute)` pairs; `None`: every column under its own name.
     pub attributes: Option<Vec<(String, String)>>,
     pub ttl: Option<(String, Duration)>,
+    pub timestamps: TimestampFormat,
 }
 
 /// Items made from one batch, and the rows that could not be items.
@@ -40,7 +45,8 @@ pub struct Items {
 }
 
 impl ItemSpec {
-    /// Takes `table`, `partition_key`, `sort_key`, `attributes`, `ttl_attribute`, `ttl`.
+    /// Takes `table`, `partition_key`, `sort_key`, `attributes`, `ttl_attribute`, `ttl`,
+    /// `timestamp_format`.
     pub fn from_options(o: &mut Options, connector: &str) -> Result<Self> {
         let at = o.position;
         let need = |o: &mut Options, key: &'static str, example: &str| {
@@ -107,6 +113,7 @@ impl ItemSpec {
                 ));
             }
         };
+        let timestamps = super::take_timestamp_format(o)?;
         Ok(ItemSpec {
             table: table.value.trim().to_string(),
             keys: KeySchema {
@@ -115,6 +122,7 @@ impl ItemSpec {
             },
             attributes,
             ttl,
+            timestamps,
         })
     }
 
@@ -144,21 +152,14 @@ impl ItemSpec {
         Ok(())
     }
 
-    /// The batch's rows as items (nulls left out, times as ISO 8601 text, as the
-    /// other JSON sinks write them). Within a batch a later row wins over an earlier
-    /// one with the same key, as if each were written in turn.
+    /// The batch's rows as items (as [`crate::render`] writes rows, like every other
+    /// sink). Within a batch a later row wins over an earlier one with the same key,
+    /// as if each were written in turn.
     pub fn items(&self, batch: &RecordBatch) -> Result<Items> {
         self.check_schema(batch)?;
-        let mut lines = Vec::new();
-        super::to_json_lines(batch, &mut lines)?;
         let now_s = (crate::clock::now_ms() / 1000).max(0) as u64;
         let mut out = Items::default();
-        for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let Value::Object(row) = serde_json::from_slice::<Value>(line)
-                .map_err(|e| Error::internal(format!("row encoding: {e}")))?
-            else {
-                continue;
-            };
+        for row in json_objects(batch, self.timestamps)? {
             let key_ok = |col: &str| row.get(col).and_then(KeyValue::from_json).is_some();
             let missing = std::iter::once(&self.keys.partition_key)
                 .chain(self.keys.sort_key.as_ref())

@@ -9,10 +9,10 @@
 //! );
 //! ```
 //!
-//! A record's data is the row as one JSON object (nulls left out, times as ISO 8601),
-//! its partition key the `partition_key` template with `{column}` replaced by the
-//! row's value (at most 256 characters; longer keys are cut, which only changes the
-//! shard they hash to). A row whose key columns are null, or whose record would exceed
+//! A record's data is the row as one JSON object, as [`crate::render`] writes it
+//! (`timestamp_format`: RFC 3339 or epoch ms), its partition key the `partition_key`
+//! template with `{column}` replaced by the row's value as text (at most 256
+//! characters; longer keys are cut, which only changes the shard they hash to). A row whose key columns are null, or whose record would exceed
 //! Kinesis's 1 MiB, is skipped and counted in the sink's health.
 //!
 //! **Delivery.** Records go out with PutRecords, at most 500 records and 5 MiB per
@@ -31,13 +31,13 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use datafusion::arrow::array::RecordBatch;
 use futures::future::BoxFuture;
-use serde_json::Value;
 
-use super::template::{Part, Template};
-use super::{Sink, SinkContext};
+use super::template::Template;
+use super::{Sink, SinkContext, take_timestamp_format};
 use crate::aws::{AwsConnect, describe_error, error_code, needs_operator};
 use crate::error::{Error, Result};
 use crate::health::{Backoff, Health};
+use crate::render::{TimestampFormat, json_lines};
 use crate::sql::Options;
 
 /// PutRecords limits: records per call, bytes per call, bytes per record (data and
@@ -55,6 +55,8 @@ pub struct KinesisSink {
     /// `partition_key`: template like `{deviceId}` or `site-{site}/{deviceId}`
     /// (required).
     key: Template,
+    /// `timestamp_format`: how times are written in records and keys.
+    timestamps: TimestampFormat,
     client: Option<Client>,
     health: Arc<Health>,
 }
@@ -84,11 +86,13 @@ impl KinesisSink {
         })?;
         let parts = Template::parse(&key.value, "partition key template")
             .map_err(|e| Error::user_at(e, key.position))?;
+        let timestamps = take_timestamp_format(&mut o)?;
         o.finish("sink connector 'kinesis'")?;
         Ok(KinesisSink {
             connect,
             stream: stream.value.trim().to_string(),
             key: parts,
+            timestamps,
             client: None,
             health: Arc::new(Health::new()),
         })
@@ -193,42 +197,28 @@ fn refused(
     (failed, why)
 }
 
-/// The partition key of a row; `None` when a column it names is null or missing.
-fn render_key(template: &Template, row: &serde_json::Map<String, Value>) -> Option<String> {
-    let mut key = String::new();
-    for p in &template.parts {
-        match p {
-            Part::Text(t) => key.push_str(t),
-            Part::Column(c) => match row.get(c)? {
-                Value::Null => return None,
-                Value::String(s) => key.push_str(s),
-                other => key.push_str(&other.to_string()),
-            },
-        }
-    }
-    if key.is_empty() {
-        return None;
-    }
-    Some(key.chars().take(MAX_KEY_CHARS).collect())
-}
-
 impl Sink for KinesisSink {
     fn write<'a>(&'a mut self, batch: &'a RecordBatch) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.key
                 .check_columns(&batch.schema(), "kinesis sink: the partition key")?;
             let mut lines = Vec::new();
-            super::to_json_lines(batch, &mut lines)?;
+            json_lines(batch, self.timestamps, &mut lines)?;
+            let keys = self
+                .key
+                .render(batch, self.timestamps, None, |v, out| out.push_str(v))?;
             let mut entries = Vec::new();
             let (mut skipped, mut last_skip) = (0u64, None);
-            for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                let row: serde_json::Map<String, Value> = serde_json::from_slice(line)
-                    .map_err(|e| Error::internal(format!("row encoding: {e}")))?;
-                let Some(key) = render_key(&self.key, &row) else {
+            let rows = lines.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+            for (line, key) in rows.zip(keys) {
+                let Some(key) = key.filter(|k| !k.is_empty()) else {
                     skipped += 1;
                     last_skip = Some("a column of the partition key is null".to_string());
                     continue;
                 };
+                // Kinesis takes keys of at most 256 characters; a cut key only changes
+                // the shard it hashes to.
+                let key: String = key.chars().take(MAX_KEY_CHARS).collect();
                 if line.len() + key.len() > MAX_RECORD_BYTES {
                     skipped += 1;
                     last_skip = Some(format!(
@@ -279,19 +269,6 @@ impl Sink for KinesisSink {
 mod tests {
     use super::*;
     use aws_sdk_kinesis::types::PutRecordsResultEntry;
-
-    #[test]
-    fn partition_keys() {
-        let t = |s: &str| Template::parse(s, "t").unwrap();
-        let row = serde_json::json!({"site": "n", "deviceId": 7, "z": null});
-        let row = row.as_object().unwrap();
-        assert_eq!(
-            render_key(&t("site-{site}/{deviceId}"), row).as_deref(),
-            Some("site-n/7")
-        );
-        assert_eq!(render_key(&t("{z}"), row), None);
-        assert_eq!(render_key(&t("{missing}"), row), None);
-    }
 
     /// Only the records the answer marks as failed are sent again.
     #[test]

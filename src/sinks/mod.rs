@@ -25,6 +25,7 @@ use futures::future::BoxFuture;
 
 use crate::error::{Error, Result};
 use crate::health::Health;
+use crate::render::TimestampFormat;
 use crate::sql::Options;
 
 /// The contract of every sink connector.
@@ -85,23 +86,12 @@ pub fn build(
     }
 }
 
-/// Encodes a batch as JSON lines (one object per row; nulls omitted, timestamps as
-/// ISO 8601).
-pub fn to_json_lines(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<()> {
-    let mut w = arrow_json::LineDelimitedWriter::new(out);
-    w.write(batch)?;
-    w.finish()?;
-    Ok(())
-}
-
-/// Encodes a batch as one JSON array of row objects.
-pub fn to_json_array(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<()> {
-    let mut w = arrow_json::ArrayWriter::new(&mut *out);
-    w.write(batch)?;
-    w.finish()?;
-    drop(w);
-    if out.is_empty() {
-        out.extend_from_slice(b"[]");
+/// Takes the `timestamp_format` option of a sink that writes timestamps as text
+/// (`rfc3339`, the default, or `epoch_ms`); sinks that do not take it reject it by
+/// name, like any unknown option.
+pub fn take_timestamp_format(o: &mut Options) -> Result<TimestampFormat> {
+    match o.take(TimestampFormat::OPTION) {
+        None => Ok(TimestampFormat::default()),
+        Some(v) => TimestampFormat::parse(&v.value).map_err(|e| Error::user_at(e, v.position)),
     }
-    Ok(())
 }

@@ -8,9 +8,11 @@
 //! );
 //! ```
 //!
-//! `{column}` in the topic is replaced by the row's value; characters that would change
-//! the topic's structure (`/`, `+`, `#`, and `%` itself) are percent-encoded, so a value
-//! can never publish into another device's topic. With QoS 1, `flush` waits for the
+//! Messages and topic values are written by [`crate::render`] (`timestamp_format`
+//! chooses RFC 3339 or epoch ms). `{column}` in the topic is replaced by the row's
+//! value; characters that would change the topic's structure (`/`, `+`, `#`, and `%`
+//! itself) are percent-encoded, so a value can never publish into another device's
+//! topic. With QoS 1, `flush` waits for the
 //! broker's acknowledgement of every message (bounded), and rumqttc resends what was
 //! not acknowledged when it reconnects.
 
@@ -19,14 +21,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use futures::future::BoxFuture;
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 
-use super::template::{Part, Template};
-use super::{Sink, SinkContext};
+use super::template::Template;
+use super::{Sink, SinkContext, take_timestamp_format};
 use crate::error::{Error, Result};
 use crate::health::{Backoff, Health};
+use crate::render::{TimestampFormat, json_lines};
 use crate::sources::mqtt::{MqttConnect, parse_qos};
 use crate::sql::Options;
 
@@ -59,6 +61,8 @@ pub struct MqttSink {
     topic: Template,
     qos: QoS,
     retain: bool,
+    /// `timestamp_format`: how times are written in messages and topics.
+    timestamps: TimestampFormat,
     health: Arc<Health>,
     conn: Option<Connection>,
     buf: Vec<u8>,
@@ -84,12 +88,14 @@ impl MqttSink {
         let template = parse_topic(&topic.value).map_err(|e| Error::user_at(e, topic.position))?;
         let qos = parse_qos(&mut o)?;
         let retain = o.take_bool("retain")?.unwrap_or(false);
+        let timestamps = take_timestamp_format(&mut o)?;
         o.finish("sink connector 'mqtt'")?;
         Ok(MqttSink {
             connect,
             topic: template,
             qos,
             retain,
+            timestamps,
             health: Arc::new(Health::new()),
             conn: None,
             buf: Vec::new(),
@@ -138,36 +144,14 @@ impl MqttSink {
 }
 
 impl MqttSink {
-    /// Each row's topic, from the template.
+    /// Each row's topic, from the template (a null value is an empty level).
     fn topics(&self, batch: &RecordBatch) -> Result<Vec<String>> {
-        let schema = batch.schema();
-        self.topic.check_columns(&schema, "mqtt sink topic")?;
-        let options = FormatOptions::default().with_null("");
-        let mut columns: Vec<Option<ArrayFormatter>> = Vec::new();
-        for p in &self.topic.parts {
-            columns.push(match p {
-                Part::Text(_) => None,
-                Part::Column(name) => {
-                    let i = schema.index_of(name)?;
-                    Some(ArrayFormatter::try_new(batch.column(i).as_ref(), &options)?)
-                }
-            });
-        }
-        let mut topics = Vec::with_capacity(batch.num_rows());
-        for row in 0..batch.num_rows() {
-            let mut topic = String::new();
-            for (p, f) in self.topic.parts.iter().zip(&columns) {
-                match (p, f) {
-                    (Part::Text(t), _) => topic.push_str(t),
-                    (Part::Column(_), Some(f)) => {
-                        escape_level(&f.value(row).to_string(), &mut topic)
-                    }
-                    (Part::Column(_), None) => {}
-                }
-            }
-            topics.push(topic);
-        }
-        Ok(topics)
+        self.topic
+            .check_columns(&batch.schema(), "mqtt sink topic")?;
+        let topics = self
+            .topic
+            .render(batch, self.timestamps, Some(""), escape_level)?;
+        Ok(topics.into_iter().map(Option::unwrap_or_default).collect())
     }
 }
 
@@ -193,7 +177,7 @@ impl Sink for MqttSink {
             // One JSON object per row: the JSON-lines encoding, split at its newlines.
             let mut buf = std::mem::take(&mut self.buf);
             buf.clear();
-            super::to_json_lines(batch, &mut buf)?;
+            json_lines(batch, self.timestamps, &mut buf)?;
             let (qos, retain) = (self.qos, self.retain);
             let conn = self.connection()?;
             let mut lines = buf.split(|&b| b == b'\n');
@@ -238,6 +222,7 @@ impl Sink for MqttSink {
 
 #[cfg(test)]
 mod tests {
+    use super::super::template::Part;
     use super::*;
 
     #[test]

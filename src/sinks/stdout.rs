@@ -1,4 +1,5 @@
-//! `stdout` sink: query results printed as JSON lines (for `sluice run` and pipes).
+//! `stdout` sink: query results printed as JSON lines (for `sluice run` and pipes),
+//! rendered by [`crate::render`] (`timestamp_format` chooses RFC 3339 or epoch ms).
 //!
 //! ```sql
 //! CREATE SINK console WITH (connector = 'stdout');
@@ -8,19 +9,24 @@ use datafusion::arrow::array::RecordBatch;
 use futures::future::BoxFuture;
 use tokio::io::AsyncWriteExt;
 
-use super::{Sink, to_json_lines};
+use super::{Sink, take_timestamp_format};
 use crate::error::Result;
+use crate::render::{TimestampFormat, json_lines};
 use crate::sql::Options;
 
 pub struct StdoutSink {
+    /// `timestamp_format`: `rfc3339` (default) or `epoch_ms`.
+    timestamps: TimestampFormat,
     out: tokio::io::Stdout,
     buf: Vec<u8>,
 }
 
 impl StdoutSink {
-    pub fn from_options(o: Options) -> Result<Self> {
+    pub fn from_options(mut o: Options) -> Result<Self> {
+        let timestamps = take_timestamp_format(&mut o)?;
         o.finish("sink connector 'stdout'")?;
         Ok(StdoutSink {
+            timestamps,
             out: tokio::io::stdout(),
             buf: Vec::new(),
         })
@@ -31,7 +37,7 @@ impl Sink for StdoutSink {
     fn write<'a>(&'a mut self, batch: &'a RecordBatch) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.buf.clear();
-            to_json_lines(batch, &mut self.buf)?;
+            json_lines(batch, self.timestamps, &mut self.buf)?;
             self.out.write_all(&self.buf).await?;
             // Flush per batch: a reader of a pipe sees each window as it closes.
             self.out.flush().await?;

@@ -3,9 +3,11 @@
 //! braces. (The Redis sink's command templates are a richer language of their own,
 //! in `redis/command.rs`.)
 
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::Schema;
 
 use crate::error::{Error, Result};
+use crate::render::{TimestampFormat, Values};
 
 /// One piece of a template.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +80,49 @@ impl Template {
             .collect()
     }
 
+    /// Each row's text: the literal parts, and each column's value as
+    /// [`crate::render`] writes it as text, passed through `escape`. A null value is
+    /// `null_text` when given; without it, a row with a null is `None`.
+    pub fn render(
+        &self,
+        batch: &RecordBatch,
+        timestamps: TimestampFormat,
+        null_text: Option<&str>,
+        escape: impl Fn(&str, &mut String),
+    ) -> Result<Vec<Option<String>>> {
+        let schema = batch.schema();
+        let mut values = Vec::with_capacity(self.parts.len());
+        for p in &self.parts {
+            values.push(match p {
+                Part::Text(_) => None,
+                Part::Column(name) => Some(Values::new(
+                    batch.column(schema.index_of(name)?),
+                    timestamps,
+                )?),
+            });
+        }
+        let mut value = String::new();
+        let rows = (0..batch.num_rows()).map(|row| {
+            let mut out = String::new();
+            for (p, v) in self.parts.iter().zip(&values) {
+                match (p, v) {
+                    (Part::Text(t), _) => out.push_str(t),
+                    (Part::Column(_), Some(v)) => {
+                        value.clear();
+                        if v.write_text(row, &mut value) {
+                            escape(&value, &mut out);
+                        } else {
+                            out.push_str(null_text?);
+                        }
+                    }
+                    (Part::Column(_), None) => {}
+                }
+            }
+            Some(out)
+        });
+        Ok(rows.collect())
+    }
+
     /// Fails, naming the query's columns, when the template names one it lacks.
     pub fn check_columns(&self, schema: &Schema, what: &str) -> Result<()> {
         for p in &self.parts {
@@ -124,5 +169,47 @@ mod tests {
         for bad in ["{a", "a}", "{}", ""] {
             assert!(Template::parse(bad, "t").is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn renders_values_as_text() {
+        use std::sync::Arc;
+
+        use datafusion::arrow::array::{Int64Array, StringArray, TimestampMillisecondArray};
+        use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
+
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("site", DataType::Utf8, true),
+            Field::new("deviceId", DataType::Int64, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec![Some("n/1"), None])),
+                Arc::new(Int64Array::from(vec![7, 8])),
+                Arc::new(TimestampMillisecondArray::from(vec![1_767_262_500_250, 0])),
+            ],
+        )
+        .unwrap();
+        let t = Template::parse("site-{site}/{deviceId}@{ts}", "t").unwrap();
+        let plain = |v: &str, out: &mut String| out.push_str(v);
+        assert_eq!(
+            t.render(&batch, TimestampFormat::Rfc3339, None, plain)
+                .unwrap(),
+            [
+                Some("site-n/1/7@2026-01-01T10:15:00.250Z".to_string()),
+                None
+            ]
+        );
+        let slash = |v: &str, out: &mut String| out.push_str(&v.replace('/', "%2F"));
+        assert_eq!(
+            t.render(&batch, TimestampFormat::EpochMs, Some(""), slash)
+                .unwrap(),
+            [
+                Some("site-n%2F1/7@1767262500250".to_string()),
+                Some("site-/8@0".to_string())
+            ]
+        );
     }
 }

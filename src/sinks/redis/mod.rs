@@ -72,7 +72,9 @@ pub struct RedisSink {
     /// (longer keys are hashed, default 256), `pipeline_commands` (commands per
     /// pipeline, default 4096: large enough to amortize round trips, small enough to
     /// keep each MULTI/EXEC short, since Redis serves no other client while it runs
-    /// one, and to bound what a retry re-sends; not yet benchmarked against others).
+    /// one, and to bound what a retry re-sends; not yet benchmarked against others),
+    /// `timestamp_format` (`rfc3339`, default, or `epoch_ms`: times in keys, values and
+    /// `{*}`; scores and amounts are epoch ms either way).
     limits: Limits,
     connection: Option<MultiplexedConnection>,
     health: Arc<Health>,
@@ -112,6 +114,7 @@ impl RedisSink {
             .unwrap_or(Duration::from_secs(7 * 24 * 3600));
         let max_key_bytes = take_at_least(&mut o, "max_key_bytes", 256, MIN_KEY_BYTES as u64)?;
         let pipeline_commands = take_at_least(&mut o, "pipeline_commands", 4096, 1)?;
+        let timestamps = super::take_timestamp_format(&mut o)?;
         o.finish("sink connector 'redis'")?;
         Ok(RedisSink {
             client,
@@ -122,6 +125,7 @@ impl RedisSink {
                 // Redis expiries are whole seconds, and EX 0 is an error.
                 once_ttl_secs: once_ttl.as_secs().max(1),
                 pipeline_commands: pipeline_commands as usize,
+                timestamps,
             },
             connection: None,
             health: Arc::new(Health::new()),

@@ -3,40 +3,36 @@
 //! every row of every batch of that schema is rendered into pipelines
 //! ([`Plan::render`]).
 //!
-//! **Values.** Strings as they are; integers and floats in their shortest form
-//! (`21.5`, `3`); booleans `true`/`false`; timestamps as RFC 3339 in UTC
-//! (`2026-01-01T10:15:00.250Z`) in text, but as epoch milliseconds where Redis wants a
-//! number (ZADD score, INCRBY/HINCRBY amount); other types as Arrow displays them.
-//! `{*}` is the row as a JSON object (nulls left out), like the `file` sink writes it.
+//! **Values** are text as [`crate::render`] writes it, like every other sink: strings
+//! as they are, numbers as JavaScript prints them (`21.5`, `88`), booleans
+//! `true`/`false`, timestamps as the sink's `timestamp_format` says (RFC 3339 in UTC,
+//! `2026-01-01T10:15:00.250Z`, or epoch ms); `{*}` is the row as a JSON object (nulls
+//! left out). Where Redis wants a number (ZADD score, INCRBY/HINCRBY amount) a time
+//! is epoch milliseconds, whatever the format.
 //!
 //! **Keys.** Values put into a key (and a PUBLISH channel, and an ONCE id) are
 //! percent-encoded where they could fake a separator: `%`, `:`, `{`, `}`, whitespace
 //! and control characters always, and the first character of any text separating two
 //! placeholders of that key (`{a}-{b}` escapes `-`). So `k:{a}:{b}` gives different keys
-//! for `a="x:y", b="z"` and `a="x", b="y:z"`. A key longer than `max_key_bytes` is
+//! for `a="x:y", b="z"` and `a="x", b="y:z"`. A timestamp is not escaped: its form is
+//! fixed (it ends at its `Z`, or is an integer), so it cannot fake a separator, and
+//! `stats:{window_start}` stays readable. A key longer than `max_key_bytes` is
 //! cut to a prefix + `#` + 32 hex digits of the BLAKE3 hash of the whole key: still
 //! one key per distinct long key, deterministic across restarts.
 //!
-//! **Nulls.** A null in a key, channel, score, amount, ZADD member, HINCRBY field or
-//! ONCE id skips that command for that row (counted, reported by the caller); a null
-//! elsewhere renders as the empty string, except that a null column is left out of
-//! HSET/XADD fields (a field written as `name={column}` too).
+//! **Nulls.** A null in a key, channel, PUBLISH message, score, amount, ZADD member,
+//! HINCRBY field or ONCE id skips that command for that row (counted, reported by the
+//! caller); a null elsewhere renders as the empty string, except that a null column is
+//! left out of HSET/XADD fields (a field written as `name={column}` too).
 
 use std::collections::BTreeSet;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{
-    DataType, Float16Type, Float32Type, Float64Type, Schema, TimeUnit, TimestampMicrosecondType,
-    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
-};
-use datafusion::arrow::temporal_conversions::{
-    timestamp_ms_to_datetime, timestamp_ns_to_datetime, timestamp_s_to_datetime,
-    timestamp_us_to_datetime,
-};
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::arrow::datatypes::{DataType, Date32Type, Date64Type, Schema};
 
 use super::command::{Command, Field, Piece, Spec, Template};
 use crate::error::{Error, Result};
+use crate::render::{self, TimestampFormat, Values};
 
 /// The Lua behind `INCRBY … ONCE id` and `HINCRBY … ONCE id`: the increment and its
 /// marker in one atomic step, so a replayed window never counts twice, and a failed
@@ -61,6 +57,8 @@ pub struct Limits {
     /// Commands per pipeline (and per MULTI/EXEC) before a new one starts; a row's
     /// commands always stay in one pipeline.
     pub pipeline_commands: usize,
+    /// `timestamp_format`: how times are written in text (keys, values, `{*}`).
+    pub timestamps: TimestampFormat,
 }
 
 /// How a template's values are written.
@@ -68,7 +66,8 @@ pub struct Limits {
 enum Role {
     /// A key, channel or id: escaped; a null skips the command.
     Key,
-    /// An identity that is not a key (ZADD member, HINCRBY field): a null skips.
+    /// A value that must be there but is not a key (ZADD member, HINCRBY field,
+    /// PUBLISH message): not escaped; a null skips.
     Name,
     /// A number Redis parses: timestamps as epoch ms; a null (or NaN) skips.
     Number,
@@ -253,7 +252,9 @@ impl Plan {
                 },
                 Command::Publish { channel, message } => Step::Publish {
                     channel: b.bind(channel, Role::Key)?,
-                    message: b.bind(message, Role::Text)?,
+                    // A null message publishes nothing: `PUBLISH Warnings {warning}`
+                    // with `CASE WHEN … END AS warning` warns only when there is one.
+                    message: b.bind(message, Role::Name)?,
                 },
                 Command::XAdd {
                     key,
@@ -288,7 +289,7 @@ impl Plan {
     /// Renders every row of `batch` (rows in order, each row's commands in spec
     /// order) into pipelines of about `limits.pipeline_commands` commands.
     pub fn render(&self, batch: &RecordBatch, limits: &Limits, atomic: bool) -> Result<Rendered> {
-        let cells = Cells::new(self, batch)?;
+        let cells = Cells::new(self, batch, limits.timestamps)?;
         let mut out = Rendered {
             chunks: Vec::new(),
             skipped: 0,
@@ -653,11 +654,14 @@ impl Binder<'_> {
 struct Cells {
     text: Vec<Option<Vec<Option<String>>>>,
     number: Vec<Option<Vec<Option<String>>>>,
+    /// Columns whose values go into keys unescaped: timestamps, whose fixed form
+    /// (`2026-01-01T10:15:00Z`, or epoch ms) cannot fake a separator.
+    unescaped: Vec<bool>,
     rows: Vec<String>,
 }
 
 impl Cells {
-    fn new(plan: &Plan, batch: &RecordBatch) -> Result<Self> {
+    fn new(plan: &Plan, batch: &RecordBatch, timestamps: TimestampFormat) -> Result<Self> {
         let n = batch.num_columns();
         let mut text_used = vec![false; n];
         let mut number_used = vec![false; n];
@@ -681,27 +685,40 @@ impl Cells {
         let mut number = Vec::with_capacity(n);
         for (i, array) in batch.columns().iter().enumerate() {
             text.push(if text_used[i] {
-                Some(render_column(array, false)?)
+                Some(render::text_column(array, timestamps)?)
             } else {
                 None
             });
             number.push(if number_used[i] {
-                Some(render_column(array, true)?)
+                Some(number_column(array)?)
             } else {
                 None
             });
         }
+        let unescaped = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| matches!(f.data_type(), DataType::Timestamp(..)))
+            .collect();
         let rows = if plan.uses_row {
-            let mut buf = Vec::new();
-            super::super::to_json_lines(batch, &mut buf)?;
-            String::from_utf8_lossy(&buf)
-                .lines()
-                .map(str::to_string)
+            let rows = render::Rows::new(batch, timestamps)?;
+            (0..batch.num_rows())
+                .map(|row| {
+                    let mut s = String::new();
+                    rows.write(row, &mut s);
+                    s
+                })
                 .collect()
         } else {
             Vec::new()
         };
-        Ok(Cells { text, number, rows })
+        Ok(Cells {
+            text,
+            number,
+            unescaped,
+            rows,
+        })
     }
 
     fn cell(&self, column: usize, row: usize, role: Role) -> Option<&str> {
@@ -721,7 +738,7 @@ impl Cells {
                 Slot::Text(s) => out.push_str(s),
                 Slot::Row => out.push_str(self.rows.get(row).map_or("{}", |r| r.as_str())),
                 Slot::Column(c) => match (self.cell(*c, row, t.role), t.role) {
-                    (Some(v), Role::Key) => escape_into(out, v, &t.escape),
+                    (Some(v), Role::Key) if !self.unescaped[*c] => escape_into(out, v, &t.escape),
                     (Some(v), _) => out.push_str(v),
                     (None, Role::Text) => {}
                     (None, _) => return Err(*c),
@@ -732,110 +749,38 @@ impl Cells {
     }
 }
 
-/// Renders one column; `number` selects the numeric form of times (epoch ms).
-fn render_column(array: &ArrayRef, number: bool) -> Result<Vec<Option<String>>> {
-    let n = array.len();
-    let nulls = array.logical_nulls();
-    let valid = |i: usize| nulls.as_ref().is_none_or(|b| b.is_valid(i));
-    fn floats<I: Iterator<Item = f64>>(
-        values: I,
-        valid: impl Fn(usize) -> bool,
-        number: bool,
-    ) -> Vec<Option<String>> {
-        values
-            .enumerate()
-            // Rust prints the shortest text that reads back as the same float.
-            .map(|(i, v)| (valid(i) && !(number && v.is_nan())).then(|| v.to_string()))
-            .collect()
-    }
-    let out = match array.data_type() {
-        DataType::Float64 => floats(
-            array.as_primitive::<Float64Type>().values().iter().copied(),
-            valid,
-            number,
-        ),
-        DataType::Float32 => floats(
-            array
-                .as_primitive::<Float32Type>()
-                .values()
-                .iter()
-                // Through the f32's own shortest text, so 0.1f32 stays "0.1".
-                .map(|v| v.to_string().parse::<f64>().unwrap_or(f64::NAN)),
-            valid,
-            number,
-        ),
-        DataType::Float16 => floats(
-            array
-                .as_primitive::<Float16Type>()
-                .values()
-                .iter()
-                .map(|v| v.to_f64()),
-            valid,
-            number,
-        ),
-        DataType::Timestamp(unit, _) => {
-            let (values, per_ms): (&[i64], i64) = match unit {
-                TimeUnit::Second => (array.as_primitive::<TimestampSecondType>().values(), 0),
-                TimeUnit::Millisecond => {
-                    (array.as_primitive::<TimestampMillisecondType>().values(), 1)
-                }
-                TimeUnit::Microsecond => (
-                    array.as_primitive::<TimestampMicrosecondType>().values(),
-                    1_000,
-                ),
-                TimeUnit::Nanosecond => (
-                    array.as_primitive::<TimestampNanosecondType>().values(),
-                    1_000_000,
-                ),
-            };
-            values
-                .iter()
-                .enumerate()
-                .map(|(i, &v)| {
-                    if !valid(i) {
-                        return None;
-                    }
-                    if number {
-                        let ms = match per_ms {
-                            0 => v.saturating_mul(1_000),
-                            d => v.div_euclid(d),
-                        };
-                        return Some(ms.to_string());
-                    }
-                    let dt = match unit {
-                        TimeUnit::Second => timestamp_s_to_datetime(v),
-                        TimeUnit::Millisecond => timestamp_ms_to_datetime(v),
-                        TimeUnit::Microsecond => timestamp_us_to_datetime(v),
-                        TimeUnit::Nanosecond => timestamp_ns_to_datetime(v),
-                    }?;
-                    Some(dt.format("%Y-%m-%dT%H:%M:%S%.fZ").to_string())
-                })
-                .collect()
-        }
-        DataType::Date32 if number => array
-            .as_primitive::<datafusion::arrow::datatypes::Date32Type>()
+/// A column as numbers Redis parses (a ZADD score, an INCRBY amount): values as
+/// [`render`] writes them, but times as epoch milliseconds whatever the sink's
+/// `timestamp_format` (dates too), and NaN as a null, which skips the command.
+fn number_column(array: &ArrayRef) -> Result<Vec<Option<String>>> {
+    let day_ms = |days: i64| (days * 86_400_000).to_string();
+    let valid = |i: usize| array.is_valid(i);
+    Ok(match array.data_type() {
+        DataType::Date32 => array
+            .as_primitive::<Date32Type>()
             .values()
             .iter()
             .enumerate()
-            .map(|(i, &d)| valid(i).then(|| (i64::from(d) * 86_400_000).to_string()))
+            .map(|(i, &d)| valid(i).then(|| day_ms(i64::from(d))))
             .collect(),
-        DataType::Date64 if number => array
-            .as_primitive::<datafusion::arrow::datatypes::Date64Type>()
+        DataType::Date64 => array
+            .as_primitive::<Date64Type>()
             .values()
             .iter()
             .enumerate()
             .map(|(i, &d)| valid(i).then(|| d.to_string()))
             .collect(),
         _ => {
-            // Strings, integers, booleans, decimals, dates and the rest: Arrow's own
-            // display, which is plain for these (no quotes, no separators).
-            let f = ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default())?;
-            (0..n)
-                .map(|i| valid(i).then(|| f.value(i).to_string()))
+            let values = Values::new(array, TimestampFormat::EpochMs)?;
+            let mut buf = String::new();
+            (0..array.len())
+                .map(|i| {
+                    buf.clear();
+                    (!values.is_nan(i) && values.write_text(i, &mut buf)).then(|| buf.clone())
+                })
                 .collect()
         }
-    };
-    Ok(out)
+    })
 }
 
 /// Characters escaped in every key value: the separator Redis users use (`:`), the
@@ -885,7 +830,7 @@ mod tests {
     use datafusion::arrow::array::{
         BooleanArray, Float64Array, Int64Array, StringArray, TimestampMillisecondArray,
     };
-    use datafusion::arrow::datatypes::Field as ArrowField;
+    use datafusion::arrow::datatypes::{Field as ArrowField, TimeUnit};
 
     use super::super::command::parse_commands;
     use super::*;
@@ -919,14 +864,27 @@ mod tests {
             max_key_bytes: 256,
             once_ttl_secs: 60,
             pipeline_commands: 1000,
+            timestamps: TimestampFormat::Rfc3339,
         }
     }
 
     /// Each command of the rendered pipelines as its arguments.
     fn commands(text: &str, b: &RecordBatch) -> (Vec<Vec<String>>, u64) {
+        commands_with(text, b, TimestampFormat::Rfc3339)
+    }
+
+    fn commands_with(
+        text: &str,
+        b: &RecordBatch,
+        timestamps: TimestampFormat,
+    ) -> (Vec<Vec<String>>, u64) {
         let specs = parse_commands(text).unwrap();
         let plan = Plan::compile(&specs, &b.schema()).unwrap();
-        let r = plan.render(b, &limits(), false).unwrap();
+        let limits = Limits {
+            timestamps,
+            ..limits()
+        };
+        let r = plan.render(b, &limits, false).unwrap();
         let cmds = r
             .chunks
             .iter()
@@ -984,6 +942,131 @@ mod tests {
         assert_eq!(cmds[2], vec!["HSET", "h:4", "when", "2026-01-01T10:15:00Z"]);
         // Row 2 has no `ok`: the XADD has no field left and is skipped.
         assert_eq!(cmds.len(), 3);
+    }
+
+    #[test]
+    fn timestamps_follow_the_sink_format_and_stay_readable_in_keys() {
+        let b = batch();
+        let text = "SET s:{ts}:{id} {ts}; PUBLISH c:{ts} {*}; ZADD z {ts} {n}";
+        let (cmds, _) = commands(text, &b);
+        assert_eq!(
+            cmds[0],
+            [
+                "SET",
+                "s:2026-01-01T10:15:00.250Z:a%3Ab%20c",
+                "2026-01-01T10:15:00.250Z"
+            ]
+        );
+        assert_eq!(
+            cmds[1],
+            [
+                "PUBLISH",
+                "c:2026-01-01T10:15:00.250Z",
+                "{\"id\":\"a:b c\",\"n\":3,\"t\":21,\"ts\":\"2026-01-01T10:15:00.250Z\",\"ok\":true}"
+            ]
+        );
+        assert_eq!(cmds[2], ["ZADD", "z", "1767262500250", "3"]);
+        let (cmds, _) = commands_with(text, &b, TimestampFormat::EpochMs);
+        assert_eq!(
+            cmds[0],
+            ["SET", "s:1767262500250:a%3Ab%20c", "1767262500250"]
+        );
+        assert_eq!(
+            cmds[1][2],
+            "{\"id\":\"a:b c\",\"n\":3,\"t\":21,\"ts\":1767262500250,\"ok\":true}"
+        );
+        assert_eq!(cmds[2], ["ZADD", "z", "1767262500250", "3"]);
+    }
+
+    /// Unescaped timestamps cannot make two different rows share a key: their form
+    /// ends at its `Z` (or is an integer without leading zeros), while the strings
+    /// around them are escaped.
+    #[test]
+    fn unescaped_timestamps_keep_keys_distinct() {
+        let ts_field =
+            |n: &str| ArrowField::new(n, DataType::Timestamp(TimeUnit::Millisecond, None), true);
+        let schema = Arc::new(Schema::new(vec![
+            ts_field("a"),
+            ArrowField::new("b", DataType::Utf8, true),
+            ts_field("c"),
+            ArrowField::new("d", DataType::Utf8, true),
+        ]));
+        // Values chosen to meet at the separators: `:`, `Z`, digits, `-`.
+        let ts = [
+            0i64,
+            1,
+            10,
+            100,
+            1_000,
+            1_001,
+            -1,
+            60_000,
+            1_767_262_500_250,
+        ];
+        let texts = [
+            "", "Z", ":", "0", "00Z", "1", "-1", "Z:1970", "01", "x:y", "x", "y:z", "z",
+        ];
+        let (mut a, mut b, mut c, mut d) = (vec![], vec![], vec![], vec![]);
+        for x in ts {
+            for y in texts {
+                for z in [0i64, 10, 1] {
+                    for w in ["", "y:z", "z", ":", "1", "1970"] {
+                        a.push(x);
+                        b.push(y);
+                        c.push(z);
+                        d.push(w);
+                    }
+                }
+            }
+        }
+        let n = a.len();
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(TimestampMillisecondArray::from(a)),
+                Arc::new(StringArray::from(b)),
+                Arc::new(TimestampMillisecondArray::from(c)),
+                Arc::new(StringArray::from(d)),
+            ],
+        )
+        .unwrap();
+        let templates = [
+            "k:{a}:{b}",
+            "{a}Z{b}",
+            "{a}-{c}",
+            "{a}0{c}",
+            "{b}:{a}:{d}",
+            "{b}:{d}",
+            "{a}:{b}:{c}:{d}",
+        ];
+        for format in [TimestampFormat::Rfc3339, TimestampFormat::EpochMs] {
+            for template in templates {
+                let (cmds, _) = commands_with(&format!("SET {template} v"), &batch, format);
+                let keys: BTreeSet<&String> = cmds.iter().map(|c| &c[1]).collect();
+                // Rows that differ in the columns the template uses give other keys.
+                let used = |i: usize| -> Vec<String> {
+                    ["a", "b", "c", "d"]
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, name)| template.contains(&format!("{{{name}}}")))
+                        .map(|(col, _)| format!("{:?}", batch.column(col).slice(i, 1)))
+                        .collect()
+                };
+                let distinct: BTreeSet<Vec<String>> = (0..n).map(used).collect();
+                assert_eq!(keys.len(), distinct.len(), "{template} as {format:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_null_publish_message_skips_the_command() {
+        let (cmds, skipped) = commands("PUBLISH w {id}; PUBLISH all {*}", &batch());
+        assert_eq!(
+            cmds.iter().map(|c| c[1].as_str()).collect::<Vec<_>>(),
+            ["w", "all", "all"]
+        );
+        assert_eq!(cmds[0][2], "a:b c");
+        assert_eq!(skipped, 1);
     }
 
     #[test]
