@@ -52,7 +52,8 @@ impl Connectors {
         {
             return Err(Error::user_at(
                 format!(
-                    "option '{key}' reads an environment variable: only SQL files loaded at start                      (--queries) may do that; write the value itself"
+                    "option '{key}' reads an environment variable: only SQL files loaded at start \
+                     (--queries) may do that; write the value itself"
                 ),
                 at,
             ));
