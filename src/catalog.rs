@@ -14,7 +14,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
 use crate::decode::DecodeColumn;
 use crate::engine::QueryPlan;
-use crate::error::{Error, Position, Result};
+use crate::error::{Error, Position, Result, name_hint};
 use crate::sql::planner::{ARRIVAL_TIME, Planner, StreamInfo};
 use crate::sql::{self, ObjectKind, Options, Statement};
 
@@ -194,16 +194,20 @@ impl Catalog {
                 if let Some(sink) = &q.sink
                     && !self.sinks.contains_key(sink)
                 {
+                    let hint = name_hint(sink, self.sinks.keys().map(String::as_str));
+                    let advice = if hint.is_empty() {
+                        format!(" (create it first with CREATE SINK {sink} WITH (connector = …))")
+                    } else {
+                        hint
+                    };
                     return Err(Error::user_at(
-                        format!(
-                            "unknown sink '{sink}' (create it first with CREATE SINK {sink} WITH (connector = …))"
-                        ),
+                        format!("unknown sink '{sink}'{advice}"),
                         q.position,
                     ));
                 }
                 let streams: Vec<Arc<StreamInfo>> =
                     self.streams.values().map(|s| Arc::clone(&s.info)).collect();
-                let plan = self.planner.plan_query(&q, &streams)?;
+                let plan = self.planner.plan_query(&q, &text, &streams)?;
                 let name = match &q.name {
                     Some(n) => {
                         if self.queries.contains_key(n) {
@@ -238,8 +242,9 @@ impl Catalog {
                     if d.if_exists {
                         return Ok(Change::Unchanged(d.kind, d.name));
                     }
+                    let hint = name_hint(&d.name, self.names(d.kind));
                     return Err(Error::user_at(
-                        format!("{} '{}' does not exist", d.kind, d.name),
+                        format!("{} '{}' does not exist{hint}", d.kind, d.name),
                         d.position,
                     ));
                 }
@@ -351,15 +356,22 @@ impl Catalog {
             .take_u64("max_record_bytes")?
             .map(|n| n as usize)
             .unwrap_or(DEFAULT_MAX_RECORD_BYTES);
-        let error_sink = options.take_string("errors");
+        let error_sink = options.take("errors");
         if let Some(e) = &error_sink
-            && !self.sinks.contains_key(e)
+            && !self.sinks.contains_key(&e.value)
         {
+            let hint = name_hint(&e.value, self.sinks.keys().map(String::as_str));
+            let advice = if hint.is_empty() {
+                "; create the sink first".to_string()
+            } else {
+                hint
+            };
             return Err(Error::user_at(
-                format!("errors = '{e}' names no sink; create the sink first"),
-                s.position,
+                format!("errors = '{}' names no sink{advice}", e.value),
+                e.position,
             ));
         }
+        let error_sink = error_sink.map(|e| e.value);
 
         let mut columns = Vec::with_capacity(s.columns.len());
         for c in &s.columns {
@@ -441,7 +453,7 @@ impl Catalog {
                         format!(
                             "event-time column '{t}' must be TIMESTAMP (milliseconds; JSON numbers are epoch \
                              milliseconds, strings RFC 3339), not {}",
-                            columns[i].data_type
+                            sql::sql_type(&columns[i].data_type)
                         ),
                         at,
                     ));
@@ -488,6 +500,15 @@ impl Catalog {
             options,
             info,
         })
+    }
+
+    /// The names of every stream, sink or query.
+    pub fn names(&self, kind: ObjectKind) -> Vec<&str> {
+        match kind {
+            ObjectKind::Stream => self.streams.keys().map(String::as_str).collect(),
+            ObjectKind::Sink => self.sinks.keys().map(String::as_str).collect(),
+            ObjectKind::Query => self.queries.keys().map(String::as_str).collect(),
+        }
     }
 
     pub fn stream(&self, name: &str) -> Option<&StreamDef> {
@@ -538,7 +559,11 @@ fn check_metadata(connector: &str, key: &str, to: &DataType, at: Position) -> Re
     };
     if !datafusion::arrow::compute::can_cast_types(from, to) {
         return Err(Error::user_at(
-            format!("metadata '{key}' is {from} and cannot be read as {to}"),
+            format!(
+                "metadata '{key}' is {} and cannot be read as {}",
+                sql::sql_type(from),
+                sql::sql_type(to)
+            ),
             at,
         ));
     }

@@ -172,8 +172,10 @@ pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
         };
         // One typo in a short name, two in a longer one: more would suggest names
         // that merely look alike.
-        let allowed = if name.chars().count() <= 4 { 1 } else { 2 };
-        if d <= allowed && best.is_none_or(|(b, _)| d < b) {
+        // Nor may the typos be most of the name (`y` is not a typo of `x`).
+        let len = name.chars().count().min(c.chars().count());
+        let allowed = if len <= 4 { 1 } else { 2 };
+        if d <= allowed && (d == 0 || d < len) && best.is_none_or(|(b, _)| d < b) {
             best = Some((d, c));
         }
     }
@@ -270,6 +272,11 @@ mod tests {
         assert_eq!(name_hint("devcies", known), "; did you mean 'devices'?");
         assert_eq!(name_hint("topic", known), "; did you mean 'topics'?");
         assert_eq!(name_hint("x", known), "");
+        assert_eq!(
+            name_hint("y", ["x"]),
+            "",
+            "one letter replaced is not a typo"
+        );
         assert_eq!(
             name_hint("readings", known),
             "",

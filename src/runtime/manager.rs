@@ -453,6 +453,8 @@ impl Manager {
             quote_ident(name)
         ))
         .map(|_| ())
+        // The statement is ours: a position in it means nothing to the caller.
+        .map_err(Error::without_position)
     }
 
     fn start_locked(self: &Arc<Self>, inner: &mut Inner, name: &str) -> Result<()> {

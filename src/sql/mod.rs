@@ -11,6 +11,7 @@
 //! expression parser, and hands `INSERT INTO … SELECT` and `SELECT` to sqlparser whole.
 //! Planning ([`planner`]) is DataFusion's: types, functions and their errors come from it.
 
+pub(crate) mod diagnose;
 pub mod options;
 pub mod parser;
 pub mod planner;
@@ -19,6 +20,7 @@ mod rewrite;
 use datafusion::sql::sqlparser::ast;
 
 use crate::error::Position;
+pub use diagnose::sql_type;
 pub use options::Options;
 pub use parser::parse_application;
 
