@@ -124,6 +124,16 @@ pub(crate) fn explain(e: DataFusionError, scope: &Scope) -> Error {
             let text = tidy(&root.to_string());
             match scope.classify(&text, span) {
                 Some(found) => found,
+                None if matches!(root, DataFusionError::NotImplemented(_)) => {
+                    // "COUNT DISTINCT with multiple arguments": say it is not there.
+                    let said = text.starts_with("Unsupported")
+                        || text.contains("not supported")
+                        || text.contains("not implemented");
+                    match said {
+                        true => (text, span),
+                        false => (format!("{text} is not supported"), span),
+                    }
+                }
                 None => (text, span),
             }
         }
@@ -131,8 +141,9 @@ pub(crate) fn explain(e: DataFusionError, scope: &Scope) -> Error {
     // A message naming a function the query calls ("Support for 'approx_distinct'
     // for data type DOUBLE is not implemented") is about that call.
     let at = at.or_else(|| {
-        let named = message.split('\'').skip(1).step_by(2);
-        named.into_iter().find_map(|n| scope.find_function(n))
+        let quoted = message.split('\'').skip(1).step_by(2);
+        let words = message.split(|c: char| !(c.is_alphanumeric() || c == '_'));
+        quoted.chain(words).find_map(|n| scope.find_function(n))
     });
     match at.or(scope.at) {
         Some(p) => Error::user_at(message, p),
@@ -206,6 +217,16 @@ impl Scope<'_> {
             let to = tail.strip_suffix(" type").unwrap_or(tail);
             return Some((
                 format!("'{value}' cannot be read as {}", sql_types(to)),
+                self.find_string(value).or(span),
+            ));
+        }
+        if let Some(rest) = text.strip_prefix("Error parsing timestamp from '") {
+            let value = rest.split('\'').next().unwrap_or_default();
+            return Some((
+                format!(
+                    "'{value}' cannot be read as TIMESTAMP: write RFC 3339, such as \
+                     '2026-01-01T10:15:30Z'"
+                ),
                 self.find_string(value).or(span),
             ));
         }
@@ -388,43 +409,34 @@ impl Scope<'_> {
     /// An operator whose operands have types it cannot combine.
     fn operator(&self, text: &str, span: Option<Position>) -> Option<(String, Option<Position>)> {
         let candidates = self.expressions(|e| matches!(e, Expr::BinaryOp { .. }));
-        let found = self.failing(&candidates).or_else(|| {
-            // Without a table to plan against: the operator the message names.
-            candidates.iter().find(|e| match e {
-                Expr::BinaryOp { op, .. } => text.contains(&format!(" {op} ")),
-                _ => false,
-            })
-        });
-        let Some(Expr::BinaryOp { left, op, right }) = found else {
-            return Some((sql_types(text), span));
+        let names = |e: &Expr| match e {
+            Expr::BinaryOp { op, .. } => text.contains(&format!(" {op} ")),
+            _ => false,
         };
-        let at = self.operator_position(left, &op.to_string(), right);
-        let types = self.type_of(left).zip(self.type_of(right));
-        let message = match (op, types) {
-            (
-                BinaryOperator::Eq
-                | BinaryOperator::NotEq
-                | BinaryOperator::Lt
-                | BinaryOperator::LtEq
-                | BinaryOperator::Gt
-                | BinaryOperator::GtEq,
-                Some((l, r)),
-            ) => format!(
-                "cannot compare {} with {} ('{op}')",
-                sql_type(&l),
-                sql_type(&r)
-            ),
-            (BinaryOperator::And | BinaryOperator::Or, Some((l, r))) => format!(
-                "{op} needs BOOLEAN on both sides, not {} and {}",
-                sql_type(&l),
-                sql_type(&r)
-            ),
-            (_, Some((l, r))) => format!(
-                "'{op}' does not apply to {} and {}",
-                sql_type(&l),
-                sql_type(&r)
-            ),
-            (_, None) => sql_types(text),
+        let found = self
+            .failing(&candidates)
+            // Without a table to plan against: the operator the message names …
+            .or_else(|| candidates.iter().find(|e| names(e)))
+            .cloned()
+            // … or, in a subquery, the one where DataFusion's span starts.
+            .or_else(|| {
+                let at = span?;
+                self.all_expressions(|e| names(e) && position(e.span().start) == Some(at))
+                    .into_iter()
+                    .next()
+            });
+        let Some(Expr::BinaryOp { left, op, right }) = found else {
+            // In a subquery (no table to plan against): the types the message names.
+            return Some((
+                operator_message(text).unwrap_or_else(|| text.to_string()),
+                span,
+            ));
+        };
+        let at = self.operator_position(&left, &op.to_string(), &right);
+        let types = self.type_of(&left).zip(self.type_of(&right));
+        let message = match types {
+            Some((l, r)) => operator_words(&op.to_string(), &sql_type(&l), &sql_type(&r)),
+            None => operator_message(text).unwrap_or_else(|| text.to_string()),
         };
         Some((message, at.or(span)))
     }
@@ -532,8 +544,18 @@ impl Scope<'_> {
     /// Expressions of the outermost query (not of its subqueries) that `want`s,
     /// innermost first, with a position in the text.
     fn expressions(&self, want: impl Fn(&Expr) -> bool) -> Vec<Expr> {
+        self.collect(want, 1)
+    }
+
+    /// Like [`Scope::expressions`], in subqueries too.
+    fn all_expressions(&self, want: impl Fn(&Expr) -> bool) -> Vec<Expr> {
+        self.collect(want, usize::MAX)
+    }
+
+    fn collect(&self, want: impl Fn(&Expr) -> bool, max_depth: usize) -> Vec<Expr> {
         struct Collect<F> {
             depth: usize,
+            max_depth: usize,
             want: F,
             out: Vec<Expr>,
         }
@@ -548,7 +570,7 @@ impl Scope<'_> {
                 ControlFlow::Continue(())
             }
             fn post_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
-                if self.depth <= 1 && e.span().start.line > 0 && (self.want)(e) {
+                if self.depth <= self.max_depth && e.span().start.line > 0 && (self.want)(e) {
                     self.out.push(e.clone());
                 }
                 ControlFlow::Continue(())
@@ -559,6 +581,7 @@ impl Scope<'_> {
         };
         let mut c = Collect {
             depth: 0,
+            max_depth,
             want,
             out: Vec::new(),
         };
@@ -644,6 +667,39 @@ impl Scope<'_> {
         }
         Some((&text[a..b], position(from)?))
     }
+}
+
+/// An operator that cannot combine two types, in words.
+fn operator_words(op: &str, l: &str, r: &str) -> String {
+    match op {
+        "=" | "<>" | "!=" | "<" | "<=" | ">" | ">=" => {
+            format!("cannot compare {l} with {r} ('{op}')")
+        }
+        "AND" | "OR" => format!("{op} needs BOOLEAN on both sides, not {l} and {r}"),
+        _ => format!("'{op}' does not apply to {l} and {r}"),
+    }
+}
+
+/// DataFusion's "Cannot infer common argument type for comparison operation
+/// TIMESTAMP > BIGINT" (types already in SQL) in words.
+fn operator_message(text: &str) -> Option<String> {
+    let operation = text
+        .split_once(" operation ")
+        .or_else(|| text.split_once(" expression "))?
+        .1;
+    let operation = operation
+        .split(" to valid types")
+        .next()?
+        .split(": ")
+        .next()?;
+    const OPERATORS: [&str; 17] = [
+        "<=", ">=", "<>", "!=", "||", ">>", "<<", "AND", "OR", "=", "<", ">", "+", "-", "*", "/",
+        "%",
+    ];
+    OPERATORS.iter().find_map(|op| {
+        let (l, r) = operation.split_once(&format!(" {op} "))?;
+        Some(operator_words(op, l.trim(), r.trim()))
+    })
 }
 
 /// Checks that every FROM of a continuous query names a stream (or a CTE of the
@@ -734,6 +790,26 @@ pub(crate) fn order_by_position(query: &ast::Query) -> Option<Position> {
         ast::OrderByKind::Expressions(exprs) => position(exprs.first()?.expr.span().start),
         ast::OrderByKind::All(_) => None,
     }
+}
+
+/// Where a subquery inside an expression (`IN (SELECT …)`, `EXISTS`, a scalar
+/// subquery) is written: DataFusion would turn it into a join.
+pub(crate) fn subquery_position(query: &ast::Query, state: &SessionState) -> Option<Position> {
+    let scope = Scope {
+        query: Some(query),
+        ..Scope::new(state)
+    };
+    let found = scope.expressions(|e| {
+        matches!(
+            e,
+            Expr::Subquery(_) | Expr::InSubquery { .. } | Expr::Exists { .. }
+        )
+    });
+    let span = match found.first()? {
+        Expr::InSubquery { subquery, .. } => subquery.span(),
+        other => other.span(),
+    };
+    position(span.start)
 }
 
 /// Where a query's second table (a join) is written.
@@ -843,6 +919,7 @@ pub(crate) fn tidy(message: &str) -> String {
             "SQL error: ",
             "Execution error: ",
             "Cast error: ",
+            "Parser error: ",
             "Optimizer rule 'simplify_expressions' failed",
             "This feature is not implemented: ",
         ] {
@@ -956,6 +1033,7 @@ fn arrow_to_sql(word: &str, args: Option<&str>) -> Option<(String, bool)> {
         "Integer" => plain("INTEGER"),
         "Numeric" => plain("NUMERIC"),
         "Decimal" => plain("DECIMAL"),
+        "Float" => plain("FLOAT"),
         "Time32" | "Time64" => Some(("TIME".into(), args.is_some())),
         "Interval" => Some(("INTERVAL".into(), args.is_some())),
         "Duration" => Some(("DURATION".into(), args.is_some())),

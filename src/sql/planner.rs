@@ -236,6 +236,13 @@ impl Planner {
                 p,
             ));
         }
+        if let Some(p) = diagnose::subquery_position(&query, &state) {
+            return Err(Error::user_at(
+                "a subquery in an expression (IN, EXISTS or a scalar subquery) is not \
+                 supported in a continuous query; a subquery in FROM is",
+                p,
+            ));
+        }
         let statement =
             DFStatement::Statement(Box::new(ast::Statement::Query(Box::new(query.clone()))));
         let logical = plan_now(state.statement_to_plan(statement))?
