@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::common::TableReference;
 use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
 use datafusion::datasource::file_format::json::JsonFormat;
@@ -39,6 +40,7 @@ use crate::error::{Error, Position, Result};
 use crate::render::{self, TimestampFormat};
 use crate::sinks::SinkContext;
 use crate::sinks::archive::{ArchiveConfig, Format};
+use crate::sql::diagnose::{self, Scope};
 use crate::tables;
 
 /// Limits of one ad hoc query.
@@ -111,30 +113,52 @@ pub async fn run(
     let work = async {
         let ctx = session(limits)?;
         let state = ctx.state();
-        let statement = state
+        let parsed = state
             .sql_to_statement(sql, &datafusion::config::Dialect::Generic)
-            .map_err(sql_error)?;
-        check_read_only(&statement)?;
+            .map_err(|e| sql_error(e, None))?;
+        check_read_only(&parsed)?;
         let references = state
-            .resolve_table_references(&statement)
-            .map_err(sql_error)?;
+            .resolve_table_references(&parsed)
+            .map_err(|e| sql_error(e, None))?;
         for r in references {
             register(&ctx, r.table(), sources).await?;
         }
+        let state = ctx.state();
+        let query = match &parsed {
+            DfStatement::Statement(s) => match s.as_ref() {
+                Statement::Query(q) => Some(q.as_ref().clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let names = table_names(sources).into_iter().map(|(n, _)| n).collect();
+        let scope = Scope {
+            query: query.as_ref(),
+            text: Some((sql, Position { line: 1, column: 1 })),
+            relations: Some(("table", names)),
+            ..Scope::new(&state)
+        };
         let plan = state
-            .statement_to_plan(statement)
+            .statement_to_plan(parsed)
             .await
-            .map_err(sql_error)?;
+            .map_err(|e| sql_error(e, Some(&scope)))?;
         // Defence in depth: the statement check above already refused these.
         SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false)
             .verify_plan(&plan)
-            .map_err(sql_error)?;
-        let df = ctx.execute_logical_plan(plan).await.map_err(sql_error)?;
+            .map_err(|e| sql_error(e, Some(&scope)))?;
+        let df = ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| sql_error(e, Some(&scope)))?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let mut stream = df.execute_stream().await.map_err(Error::from)?;
+        // Optimizing happens here, and with it constant folding: `seq > 'many'`.
+        let mut stream = df
+            .execute_stream()
+            .await
+            .map_err(|e| sql_error(e, Some(&scope)))?;
         let (mut batches, mut rows, mut truncated) = (Vec::new(), 0usize, false);
         while let Some(b) = stream.next().await {
             let b = b.map_err(Error::from)?;
@@ -277,7 +301,8 @@ async fn register(ctx: &SessionContext, name: &str, sources: &Sources) -> Result
         return Err(Error::user(format!("table '{name}' holds no items yet")));
     };
     let table = MemTable::try_new(schema, vec![batches])?;
-    ctx.register_table(name, Arc::new(table))?;
+    // A bare reference keeps the name's case (a string would be folded to lower case).
+    ctx.register_table(TableReference::bare(name), Arc::new(table))?;
     Ok(())
 }
 
@@ -340,7 +365,10 @@ async fn register_archive(ctx: &SessionContext, def: &SinkDef, sources: &Sources
         let config = ListingTableConfig::new(url)
             .with_listing_options(listing)
             .with_schema(schema);
-        ctx.register_table(def.name.as_str(), Arc::new(ListingTable::try_new(config)?))?;
+        ctx.register_table(
+            TableReference::bare(def.name.as_str()),
+            Arc::new(ListingTable::try_new(config)?),
+        )?;
         return Ok(());
     }
     let table_config = match ListingTableConfig::new(url.clone())
@@ -367,23 +395,19 @@ async fn register_archive(ctx: &SessionContext, def: &SinkDef, sources: &Sources
         },
     };
     let table = ListingTable::try_new(table_config)?;
-    ctx.register_table(def.name.as_str(), Arc::new(table))?;
+    ctx.register_table(TableReference::bare(def.name.as_str()), Arc::new(table))?;
     Ok(())
 }
 
-/// A parse or planning error, positioned where DataFusion or the parser says.
-fn sql_error(e: DataFusionError) -> Error {
+/// A parse or planning error, positioned where the parser says or at the offending
+/// token, in Sluice's words (see `sql::diagnose`).
+fn sql_error(e: DataFusionError, scope: Option<&Scope>) -> Error {
     if let DataFusionError::SQL(p, _) = e.find_root() {
         return crate::sql::parser::parser_error(p.as_ref().clone());
     }
-    let span = e.diagnostic().and_then(|d| d.span);
-    let err = Error::from(e);
-    match span {
-        Some(s) if s.start.line > 0 => err.or_at(Position {
-            line: s.start.line,
-            column: s.start.column,
-        }),
-        _ => err,
+    match scope {
+        Some(scope) => diagnose::explain(e, scope),
+        None => Error::from(e),
     }
 }
 

@@ -13,9 +13,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
 use crate::decode::DecodeColumn;
 use crate::engine::QueryPlan;
-use crate::error::{Error, Position, Result};
+use crate::error::{Error, Position, Result, name_hint};
 use crate::sql::planner::{ARRIVAL_TIME, Planner, StreamInfo};
-use crate::sql::{self, Options};
+use crate::sql::{self, ObjectKind, Options};
 
 mod apply;
 pub use apply::Change;
@@ -145,15 +145,22 @@ impl Catalog {
             .take_u64("max_record_bytes")?
             .map(|n| n as usize)
             .unwrap_or(DEFAULT_MAX_RECORD_BYTES);
-        let error_sink = options.take_string("errors");
+        let error_sink = options.take("errors");
         if let Some(e) = &error_sink
-            && !self.sinks.contains_key(e)
+            && !self.sinks.contains_key(&e.value)
         {
+            let hint = name_hint(&e.value, self.sinks.keys().map(String::as_str));
+            let advice = if hint.is_empty() {
+                "; create the sink first".to_string()
+            } else {
+                hint
+            };
             return Err(Error::user_at(
-                format!("errors = '{e}' names no sink; create the sink first"),
-                s.position,
+                format!("errors = '{}' names no sink{advice}", e.value),
+                e.position,
             ));
         }
+        let error_sink = error_sink.map(|e| e.value);
 
         let mut columns = Vec::with_capacity(s.columns.len());
         for c in &s.columns {
@@ -235,7 +242,7 @@ impl Catalog {
                         format!(
                             "event-time column '{t}' must be TIMESTAMP (milliseconds; JSON numbers are epoch \
                              milliseconds, strings RFC 3339), not {}",
-                            columns[i].data_type
+                            sql::sql_type(&columns[i].data_type)
                         ),
                         at,
                     ));
@@ -286,6 +293,15 @@ impl Catalog {
         })
     }
 
+    /// The names of every stream, sink or query.
+    pub fn names(&self, kind: ObjectKind) -> Vec<&str> {
+        match kind {
+            ObjectKind::Stream => self.streams.keys().map(String::as_str).collect(),
+            ObjectKind::Sink => self.sinks.keys().map(String::as_str).collect(),
+            ObjectKind::Query => self.queries.keys().map(String::as_str).collect(),
+        }
+    }
+
     pub fn stream(&self, name: &str) -> Option<&StreamDef> {
         self.streams.get(name)
     }
@@ -334,7 +350,11 @@ fn check_metadata(connector: &str, key: &str, to: &DataType, at: Position) -> Re
     };
     if !datafusion::arrow::compute::can_cast_types(from, to) {
         return Err(Error::user_at(
-            format!("metadata '{key}' is {from} and cannot be read as {to}"),
+            format!(
+                "metadata '{key}' is {} and cannot be read as {}",
+                sql::sql_type(from),
+                sql::sql_type(to)
+            ),
             at,
         ));
     }

@@ -182,6 +182,69 @@ fn strip_df_prefix(m: &str) -> String {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The candidate `name` most likely meant: the same name in another case, else the
+/// closest one within a couple of typos (`devcies` → `devices`, `topic` → `topics`).
+pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let lower = name.to_lowercase();
+    let mut best: Option<(usize, &str)> = None;
+    for c in candidates {
+        if c == name {
+            continue;
+        }
+        let d = if c.to_lowercase() == lower {
+            0
+        } else {
+            edit_distance(&lower, &c.to_lowercase())
+        };
+        // One typo in a short name, two in a longer one: more would suggest names
+        // that merely look alike.
+        // Nor may the typos be most of the name (`y` is not a typo of `x`).
+        let len = name.chars().count().min(c.chars().count());
+        let allowed = if len <= 4 { 1 } else { 2 };
+        if d <= allowed && (d == 0 || d < len) && best.is_none_or(|(b, _)| d < b) {
+            best = Some((d, c));
+        }
+    }
+    best.map(|(_, c)| c)
+}
+
+/// `"; did you mean 'X'?"` for a name that is not known, with a reminder that names
+/// are case-sensitive when `X` differs from it only in case; empty when nothing is
+/// close.
+pub fn name_hint<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> String {
+    match closest(name, known) {
+        Some(c) if c.to_lowercase() == name.to_lowercase() => {
+            format!("; did you mean '{c}'? Names are case-sensitive")
+        }
+        Some(c) => format!("; did you mean '{c}'?"),
+        None => String::new(),
+    }
+}
+
+/// Edits (insert, delete, replace, swap two neighbours) between two strings.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    // Three rows of the optimal-string-alignment table are enough.
+    let mut before: Vec<usize> = vec![0; b.len() + 1];
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for i in 1..=a.len() {
+        cur[0] = i;
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut d = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d = d.min(before[j - 2] + 1);
+            }
+            cur[j] = d;
+        }
+        std::mem::swap(&mut before, &mut prev);
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
 /// Why one record could not be processed. Per-record errors are values routed to the
 /// query's error output (never panics, never a log line per row) and counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -219,4 +282,104 @@ pub struct RecordError {
     pub payload: String,
     /// Wall-clock time it arrived, ms since the epoch.
     pub arrival_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_name_the_close_candidate() {
+        let known = ["WEATHERSTREAM", "devices", "topics", "readings"];
+        assert_eq!(
+            name_hint("weatherstream", known),
+            "; did you mean 'WEATHERSTREAM'? Names are case-sensitive"
+        );
+        assert_eq!(name_hint("devcies", known), "; did you mean 'devices'?");
+        assert_eq!(name_hint("topic", known), "; did you mean 'topics'?");
+        assert_eq!(name_hint("x", known), "");
+        assert_eq!(
+            name_hint("y", ["x"]),
+            "",
+            "one letter replaced is not a typo"
+        );
+        assert_eq!(
+            name_hint("readings", known),
+            "",
+            "a known name needs no hint"
+        );
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("ab", "ba"), 1);
+    }
+
+    /// A string continued onto the next line without its `\` keeps the indentation:
+    /// a run of spaces in the middle of a message. None may be left in the sources.
+    #[test]
+    fn no_message_has_a_run_of_spaces() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut found = Vec::new();
+        let mut dirs = vec![root];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                for (i, line) in text.lines().enumerate() {
+                    if let Some(run) = spaced_literal(line) {
+                        found.push(format!("{}:{}: {run}", path.display(), i + 1));
+                    }
+                }
+            }
+        }
+        assert!(
+            found.is_empty(),
+            "runs of spaces in strings:\n{}",
+            found.join("\n")
+        );
+    }
+
+    /// The first string literal on a line with a word, three or more spaces, then
+    /// another word inside it (tables in test expectations use `|`, not words).
+    fn spaced_literal(line: &str) -> Option<&str> {
+        let code = line.trim_start();
+        if code.starts_with("//") {
+            return None;
+        }
+        let mut rest = code;
+        while let Some(open) = rest.find('"') {
+            let body = &rest[open + 1..];
+            let mut end = None;
+            let mut escaped = false;
+            for (i, c) in body.char_indices() {
+                match c {
+                    '\\' if !escaped => escaped = true,
+                    '"' if !escaped => {
+                        end = Some(i);
+                        break;
+                    }
+                    _ => escaped = false,
+                }
+            }
+            let end = end?;
+            let literal = &body[..end];
+            let chars: Vec<char> = literal.chars().collect();
+            for (i, w) in chars.windows(5).enumerate() {
+                let word = |c: char| c.is_alphanumeric() || "'.,;:)(".contains(c);
+                if word(w[0]) && w[1..4] == [' '; 3] {
+                    let after = chars[i + 4..].iter().find(|&&c| c != ' ');
+                    if after.is_some_and(|&c| word(c)) {
+                        return Some(literal);
+                    }
+                }
+            }
+            rest = &body[end + 1..];
+        }
+        None
+    }
 }

@@ -1611,3 +1611,128 @@ async fn lag_is_shown_only_while_records_wait_for_a_query() {
         p.abort();
     }
 }
+
+/// Names of any case, quoted or not (#11): through the API's paths, the WebSocket,
+/// errors with a hint for a name in the wrong case, and the persisted catalog's
+/// restore (names that need quoting: upper case, spaces, dots, quotes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_of_any_case_work_through_the_api_and_a_restart() {
+    let dir = std::env::temp_dir().join(format!("sluice-api-names-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let options = || ManagerOptions {
+        catalog_file: Some(dir.join("catalog.json")),
+        ..manager_options()
+    };
+    let app_sql = "CREATE STREAM WEATHERSTREAM (City TEXT, temperature DOUBLE) WITH (connector = 'http');\n\
+         CREATE STREAM \"SOURCE_SQL_STREAM_001\" (x INT) WITH (connector = 'http');\n\
+         CREATE STREAM \"say \"\"hi\"\".v2\" (x INT) WITH (connector = 'http');\n\
+         CREATE SINK \"Alert Sink\" WITH (connector = 'stdout');\n\
+         CREATE QUERY \"Live View\" AS SELECT W.City, W.temperature FROM WEATHERSTREAM W;\n\
+         INSERT INTO \"Alert Sink\" SELECT x FROM \"SOURCE_SQL_STREAM_001\";\n\
+         CREATE QUERY SrcY AS SELECT \"say \"\"hi\"\".v2\".x FROM \"say \"\"hi\"\".v2\";";
+    let api = Api::with(options(), ApiOptions::default());
+    api.submit_ok(app_sql).await;
+    assert_eq!(
+        api.names("streams").await,
+        ["SOURCE_SQL_STREAM_001", "WEATHERSTREAM", "say \"hi\".v2"]
+    );
+    assert_eq!(
+        api.names("queries").await,
+        ["Alert Sink", "Live View", "SrcY"]
+    );
+
+    let addr = api.serve().await;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/queries/Live%20View/ws"))
+            .await
+            .unwrap();
+    let (status, report) = api
+        .ingest(
+            "WEATHERSTREAM",
+            "application/json",
+            r#"[{"City": "Rome", "temperature": 31}]"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["accepted"], 1);
+    let m = next_json(&mut ws).await;
+    assert_eq!(m["query"], "Live View");
+    assert_eq!(m["rows"], json!([{"City": "Rome", "temperature": 31}]));
+
+    for path in [
+        "/streams/WEATHERSTREAM",
+        "/streams/say%20%22hi%22.v2",
+        "/sinks/Alert%20Sink",
+        "/queries/Live%20View",
+    ] {
+        let (status, body) = api.get(path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+    // Another case is another name: a 404 that names the one that exists.
+    let (status, body) = api.get("/streams/weatherstream").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        error_of(&body).1,
+        "stream 'weatherstream' does not exist; did you mean 'WEATHERSTREAM'? Names are case-sensitive"
+    );
+    let (status, body) = api.delete("/queries/live%20view").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        error_of(&body).1.contains("did you mean 'Live View'?"),
+        "{body}"
+    );
+
+    // An API action Sluice turns into SQL has no position in the user's text.
+    let (status, body) = api.delete("/streams/WEATHERSTREAM").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(
+        error_of(&body).1,
+        "stream 'WEATHERSTREAM' is in use by query 'Live View'; drop those first"
+    );
+    assert_eq!(body.get("position"), None, "{body}");
+    let (status, body) = api.delete("/sinks/Alert%20Sink").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body.get("position"), None, "{body}");
+
+    // A restart brings every name back from the persisted catalog, queries running.
+    api.manager.shutdown(Duration::from_secs(5)).await;
+    drop(ws);
+    let api = Api::with(options(), ApiOptions::default());
+    assert_eq!(api.manager.restore().unwrap(), 3);
+    assert_eq!(
+        api.names("streams").await,
+        ["SOURCE_SQL_STREAM_001", "WEATHERSTREAM", "say \"hi\".v2"]
+    );
+    assert_eq!(api.names("sinks").await, ["Alert Sink"]);
+    assert_eq!(
+        api.names("queries").await,
+        ["Alert Sink", "Live View", "SrcY"]
+    );
+    for q in ["Alert%20Sink", "Live%20View", "SrcY"] {
+        assert_eq!(api.query(q).await["status"], "running", "{q}");
+    }
+    let (status, _) = api
+        .ingest(
+            "say%20%22hi%22.v2",
+            "application/json",
+            r#"[{"x": 1}, {"x": 2}]"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(api.query("SrcY").await["records_out"], 2);
+    for path in [
+        "/queries/SrcY",
+        "/queries/Live%20View",
+        "/queries/Alert%20Sink",
+        "/sinks/Alert%20Sink",
+        "/streams/WEATHERSTREAM",
+        "/streams/SOURCE_SQL_STREAM_001",
+        "/streams/say%20%22hi%22.v2",
+    ] {
+        let (status, body) = api.delete(path).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{path}: {body}");
+    }
+    api.assert_empty().await;
+    api.manager.shutdown(Duration::from_secs(5)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

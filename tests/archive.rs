@@ -616,7 +616,11 @@ async fn post_query_answers_json_csv_and_arrow_within_its_limits_and_only_reads(
     let (status, _, body) =
         post_query(&router, json!({"sql": "SELECT * FROM '/etc/passwd'"}), None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(String::from_utf8_lossy(&body).contains("not found"));
+    assert!(
+        String::from_utf8_lossy(&body).contains("unknown table '/etc/passwd'; tables: arch, hot"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
     let (status, _, body) = post_query(
         &router,
         json!({"sql": "SELECT seq\nFROM arch WHERE nope > 1"}),
@@ -750,6 +754,82 @@ async fn epoch_ms_json_archive_reads_back_as_times_in_every_output() {
     m.shutdown(Duration::from_secs(5)).await;
 }
 
+/// Ad hoc SQL finds an archive and an embedded table by their names as written, upper
+/// case included, and its errors are Sluice's: positioned, with the name in another
+/// case as a hint, never DataFusion's advice about its configuration (#11).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ad_hoc_sql_finds_archives_and_tables_by_their_exact_names() {
+    let dir = Scratch::new("archive-names");
+    let input = dir.path().join("in.jsonl");
+    let readings = write_readings(&input, 300, 0);
+    let m = manager(Some(dir.path()));
+    m.apply(&format!(
+        "CREATE STREAM r (deviceId TEXT, temperature DOUBLE, seq BIGINT, ts TIMESTAMP)
+           WITH (connector = 'file', path = '{}');
+         CREATE SINK RawArchive WITH (connector = 'archive', format = 'json', flush_interval = '1h');
+         CREATE SINK \"Hot Items\" WITH (connector = 'table', table = 'HotItems',
+           partition_key = 'deviceId');
+         CREATE QUERY q AS INSERT INTO RawArchive SELECT deviceId, temperature, seq, ts FROM r;
+         -- A stream of its own: a second query attached to a running file stream
+         -- misses what the first already read.
+         CREATE STREAM r2 (deviceId TEXT, temperature DOUBLE)
+           WITH (connector = 'file', path = '{}');
+         CREATE QUERY hot AS INSERT INTO \"Hot Items\" SELECT deviceId, temperature FROM r2
+           WHERE temperature > 30;",
+        input.display(),
+        input.display()
+    ))
+    .unwrap();
+    finish(&m, &["q", "hot"]).await;
+
+    assert_eq!(
+        sql(&m, "SELECT count(*) AS n FROM RawArchive").await,
+        [json!({"n": 300})]
+    );
+    let hot: BTreeSet<&str> = readings
+        .iter()
+        .filter(|r| r["temperature"].as_f64().is_some_and(|t| t > 30.0))
+        .map(|r| r["deviceId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sql(&m, "SELECT count(*) AS n FROM \"HotItems\"").await,
+        [json!({"n": hot.len()})]
+    );
+    for (q, want) in [
+        (
+            "SELECT * FROM rawarchive",
+            "1:15: unknown table 'rawarchive'; did you mean 'RawArchive'? Names are case-sensitive",
+        ),
+        (
+            "SELECT * FROM hotitems",
+            "1:15: unknown table 'hotitems'; did you mean 'HotItems'? Names are case-sensitive",
+        ),
+        (
+            "SELECT *\nFROM nothing",
+            "2:6: unknown table 'nothing'; tables: HotItems, RawArchive",
+        ),
+        (
+            "SELECT deviceid FROM RawArchive",
+            "1:8: unknown column 'deviceid'; did you mean 'deviceId'? Names are case-sensitive. \
+             Columns: deviceId, temperature, seq, ts, dt, hour",
+        ),
+        (
+            "SELECT seq FROM RawArchive a, RawArchive b",
+            "1:8: column 'seq' is ambiguous: more than one table read has it; qualify it with \
+             the table's name or alias",
+        ),
+        (
+            "SELECT seq FROM RawArchive WHERE seq > 'many'",
+            "1:40: 'many' cannot be read as BIGINT",
+        ),
+    ] {
+        let err = adhoc::run(q, None, &sources(&m), &Limits::default())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, want, "{q}");
+    }
+}
 /// Azure Blob Storage's emulator (Azurite, from npm) on a free port, with a container.
 struct Azurite {
     child: std::process::Child,

@@ -52,7 +52,10 @@ fn check_reports_positioned_errors_with_exit_code_1() {
     let out = sluice().arg("check").arg(&app).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("bad.sql:2:8: No field named y"), "{stderr}");
+    assert!(
+        stderr.contains("bad.sql:2:8: unknown column 'y'; columns: x, ts, arrival_time"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -19,6 +19,8 @@
 //! | `WATERMARK stream`               | the stream's watermark                                    |
 //! | `COUNTERS query`                 | rows in, rows out, late, errors                           |
 //!
+//! Names in commands are written as in SQL: `OUTPUT "Per City"`.
+//!
 //! Regenerate expected output after a deliberate change with
 //! `SLT_COMPLETE=1 cargo test --test slt`, and review the diff.
 
@@ -91,6 +93,43 @@ impl Engine {
     }
 }
 
+/// The words of a command line; a name may be double-quoted as in SQL (`OUTPUT "Per
+/// City"`, `""` for a quote inside it).
+fn command_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut chars = line.trim().chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+            continue;
+        }
+        let mut word = String::new();
+        if c == '"' {
+            chars.next();
+            while let Some(c) = chars.next() {
+                if c == '"' {
+                    if chars.peek() == Some(&'"') {
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                word.push(c);
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                word.push(c);
+                chars.next();
+            }
+        }
+        words.push(word);
+    }
+    words
+}
+
 fn parse_time(s: &str) -> Result<i64, SltError> {
     s.parse::<i64>()
         .map_err(|_| SltError(format!("bad time '{s}'")))
@@ -104,7 +143,8 @@ impl sqllogictest::DB for Engine {
         let err = |e: sluice::error::Error| SltError(e.to_string());
         let trimmed = sql.trim();
         let (head, body) = trimmed.split_once('\n').unwrap_or((trimmed, ""));
-        let words: Vec<&str> = head.split_whitespace().collect();
+        let words = command_words(head);
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
         match words.as_slice() {
             ["PUSH", stream] => {
                 self.step.push(stream, body).map_err(err)?;

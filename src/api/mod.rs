@@ -403,6 +403,14 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     ApiError::from_rejection(status, e.body_text())
 }
 
+/// 404 for a name that is not in the catalog, with the name most likely meant
+/// (names are case-sensitive: `/streams/weatherstream` is not `WEATHERSTREAM`).
+fn missing(state: &AppState, kind: ObjectKind, name: &str) -> ApiError {
+    let catalog = state.manager.catalog();
+    let hint = crate::error::name_hint(name, catalog.names(kind));
+    ApiError::not_found(format!("{kind} '{name}' does not exist{hint}"))
+}
+
 /// A query's status word, and the reason when it failed.
 fn query_status(q: &QueryState) -> (&'static str, Option<String>) {
     match q.status() {
@@ -458,7 +466,7 @@ fn find_query(state: &AppState, name: &str) -> Result<Arc<QueryState>, ApiError>
     state
         .manager
         .query_state(name)
-        .ok_or_else(|| ApiError::not_found(format!("query '{name}' does not exist")))
+        .ok_or_else(|| missing(state, ObjectKind::Query, name))
 }
 
 async fn get_query(
@@ -585,7 +593,7 @@ async fn get_stream(
     let def = catalog
         .streams
         .get(&name)
-        .ok_or_else(|| ApiError::not_found(format!("stream '{name}' does not exist")))?;
+        .ok_or_else(|| missing(&state, ObjectKind::Stream, &name))?;
     Ok(Json(stream_json(&state, def)))
 }
 
@@ -594,9 +602,7 @@ async fn delete_stream(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if !state.manager.catalog().streams.contains_key(&name) {
-        return Err(ApiError::not_found(format!(
-            "stream '{name}' does not exist"
-        )));
+        return Err(missing(&state, ObjectKind::Stream, &name));
     }
     state
         .manager
@@ -637,7 +643,7 @@ async fn get_sink(
     let def = catalog
         .sinks
         .get(&name)
-        .ok_or_else(|| ApiError::not_found(format!("sink '{name}' does not exist")))?;
+        .ok_or_else(|| missing(&state, ObjectKind::Sink, &name))?;
     Ok(Json(sink_json(&state, def)))
 }
 
@@ -646,7 +652,7 @@ async fn delete_sink(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if !state.manager.catalog().sinks.contains_key(&name) {
-        return Err(ApiError::not_found(format!("sink '{name}' does not exist")));
+        return Err(missing(&state, ObjectKind::Sink, &name));
     }
     state
         .manager
@@ -664,9 +670,7 @@ async fn ingest(
     // Too large (413) in the API's error shape, not axum's plain text.
     let body = body.map_err(|e| ApiError::from_rejection(e.status(), e.body_text()))?;
     if !state.manager.catalog().streams.contains_key(&name) {
-        return Err(ApiError::not_found(format!(
-            "stream '{name}' does not exist"
-        )));
+        return Err(missing(&state, ObjectKind::Stream, &name));
     }
     let report = state
         .manager

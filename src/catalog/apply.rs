@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::{AppDef, Catalog, ConnectorCheck, QueryDef, SinkDef};
-use crate::error::{Error, Position, Result};
+use crate::error::{Error, Position, Result, name_hint};
 use crate::sql::planner::StreamInfo;
 use crate::sql::{self, ObjectKind, Options, QueryStatement, Statement};
 
@@ -245,17 +245,20 @@ impl Catalog {
         for name in stale {
             let def = &self.queries[&name];
             let statement = single_query(&def.sql)?;
-            let plan = self.planner.plan_query(&statement, &streams).map_err(|e| {
-                Error::conflict_at(
-                    format!(
-                        "stream '{}' cannot be replaced: query '{name}' reads it and no longer \
+            let plan = self
+                .planner
+                .plan_query(&statement, &def.sql, &streams)
+                .map_err(|e| {
+                    Error::conflict_at(
+                        format!(
+                            "stream '{}' cannot be replaced: query '{name}' reads it and no longer \
                          plans over the new definition: {}",
-                        def.plan.stream,
-                        e.without_position()
-                    ),
-                    statement.position,
-                )
-            })?;
+                            def.plan.stream,
+                            e.without_position()
+                        ),
+                        statement.position,
+                    )
+                })?;
             self.queries.get_mut(&name).expect("listed").plan = Arc::new(plan);
         }
         Ok(())
@@ -348,8 +351,9 @@ impl Catalog {
                     if d.if_exists {
                         return Ok(Change::Unchanged(d.kind, d.name));
                     }
+                    let hint = name_hint(&d.name, self.names(d.kind));
                     return Err(Error::user_at(
-                        format!("{} '{}' does not exist", d.kind, d.name),
+                        format!("{} '{}' does not exist{hint}", d.kind, d.name),
                         d.position,
                     ));
                 }
@@ -369,10 +373,14 @@ impl Catalog {
         if let Some(sink) = &q.sink
             && !self.sinks.contains_key(sink)
         {
+            let hint = name_hint(sink, self.sinks.keys().map(String::as_str));
+            let advice = if hint.is_empty() {
+                format!(" (create it first with CREATE SINK {sink} WITH (connector = …))")
+            } else {
+                hint
+            };
             return Err(Error::user_at(
-                format!(
-                    "unknown sink '{sink}' (create it first with CREATE SINK {sink} WITH (connector = …))"
-                ),
+                format!("unknown sink '{sink}'{advice}"),
                 q.position,
             ));
         }
@@ -405,7 +413,7 @@ impl Catalog {
                 (n, None, false)
             }
         };
-        let plan = self.planner.plan_query(&q, &self.stream_infos())?;
+        let plan = self.planner.plan_query(&q, &text, &self.stream_infos())?;
         self.queries.insert(
             name.clone(),
             QueryDef {

@@ -52,7 +52,8 @@ impl Connectors {
         {
             return Err(Error::user_at(
                 format!(
-                    "option '{key}' reads an environment variable: only SQL files loaded at start                      (--queries) may do that; write the value itself"
+                    "option '{key}' reads an environment variable: only SQL files loaded at start \
+                     (--queries) may do that; write the value itself"
                 ),
                 at,
             ));
@@ -97,13 +98,17 @@ impl ConnectorCheck for Connectors {
         self.check_files(connector, options)?;
         let mut o = options.clone();
         o.take("connector");
-        sources::build(name, connector, &o, &self.sources).map(|_| ())
+        o.parse_connector(&format!("source connector '{connector}'"), |o| {
+            sources::build(name, connector, o, &self.sources).map(|_| ())
+        })
     }
     fn check_sink(&self, name: &str, connector: &str, options: &Options) -> Result<()> {
         self.check_files(connector, options)?;
         let mut o = options.clone();
         o.take("connector");
-        sinks::build(name, connector, &o, &self.sinks).map(|_| ())
+        o.parse_connector(&format!("sink connector '{connector}'"), |o| {
+            sinks::build(name, connector, o, &self.sinks).map(|_| ())
+        })
     }
 }
 

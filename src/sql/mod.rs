@@ -9,8 +9,10 @@
 //! Stock sqlparser has no `CREATE STREAM`, `CREATE SINK`, `WATERMARK FOR` or
 //! `DROP QUERY`, so [`parser`] reads those itself on top of sqlparser's tokenizer and
 //! expression parser, and hands `INSERT INTO … SELECT` and `SELECT` to sqlparser whole.
-//! Planning ([`planner`]) is DataFusion's: types, functions and their errors come from it.
+//! Planning ([`planner`]) is DataFusion's: types and functions come from it; its errors
+//! are put in Sluice's words, at the offending token, by `diagnose`.
 
+pub(crate) mod diagnose;
 pub mod options;
 pub mod parser;
 pub mod planner;
@@ -19,6 +21,7 @@ mod rewrite;
 use datafusion::sql::sqlparser::ast;
 
 use crate::error::Position;
+pub use diagnose::sql_type;
 pub use options::Options;
 pub use parser::parse_application;
 

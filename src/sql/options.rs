@@ -5,10 +5,11 @@
 //! of valid keys, rather than a silently ignored typo (the way Arroyo rejects leftover
 //! options).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::error::{Error, Position, Result};
+use crate::error::{Error, Position, Result, closest};
 
 /// One option value, as written, with where it was written.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +26,26 @@ pub struct Options {
     known: Vec<&'static str>,
     /// Where the WITH clause starts, for errors about missing keys.
     pub position: Position,
+    /// Records the keys a connector asks for (see [`Options::parse_connector`]).
+    asked: Asked,
+}
+
+/// The keys a connector's parser asked for, shared with the copies it makes of the
+/// options; in a probe, `finish` stops the parser (nothing after it may run).
+#[derive(Debug, Clone, Default)]
+struct Asked(Option<Arc<Mutex<Probe>>>);
+
+#[derive(Debug, Default)]
+struct Probe {
+    keys: Vec<&'static str>,
+    stop_at_finish: bool,
+}
+
+/// What is recorded is not part of the options' value.
+impl PartialEq for Asked {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Options {
@@ -60,6 +81,9 @@ impl Options {
     /// Takes a key if present.
     pub fn take(&mut self, key: &'static str) -> Option<OptionValue> {
         self.known.push(key);
+        if let Some(probe) = &self.asked.0 {
+            probe.lock().expect("probe lock").keys.push(key);
+        }
         self.values.remove(key)
     }
 
@@ -69,8 +93,21 @@ impl Options {
 
     pub fn require_string(&mut self, key: &'static str, what: &str) -> Result<String> {
         let position = self.position;
-        self.take_string(key)
-            .ok_or_else(|| Error::user_at(format!("{what} needs option '{key}'"), position))
+        if let Some(v) = self.take_string(key) {
+            return Ok(v);
+        }
+        // `conector = …`: the misspelt key is the mistake, not the missing one.
+        let typo = self
+            .values
+            .iter()
+            .find(|(k, _)| closest(k, [key]).is_some());
+        Err(match typo {
+            Some((k, v)) => Error::user_at(
+                format!("unknown option '{k}' for {what}; did you mean '{key}'?"),
+                v.position,
+            ),
+            None => Error::user_at(format!("{what} needs option '{key}'"), position),
+        })
     }
 
     pub fn take_u64(&mut self, key: &'static str) -> Result<Option<u64>> {
@@ -144,20 +181,106 @@ impl Options {
 
     /// Fails on the first key nobody took, naming the valid keys of `what`.
     pub fn finish(self, what: &str) -> Result<()> {
+        if let Some(probe) = &self.asked.0
+            && probe.lock().expect("probe lock").stop_at_finish
+        {
+            return Err(Error::internal("option probe stopped at finish"));
+        }
         if let Some((key, v)) = self.values.into_iter().next() {
-            let mut valid: Vec<&str> = self.known.clone();
-            valid.sort_unstable();
-            valid.dedup();
-            return Err(Error::user_at(
-                format!(
-                    "unknown option '{key}' for {what}; valid options are: {}",
-                    valid.join(", ")
-                ),
-                v.position,
-            ));
+            return Err(unknown_option(&key, v.position, what, &self.known));
         }
         Ok(())
     }
+
+    /// Runs a connector's option parser; `what` names the connector for errors
+    /// ("source connector 'mqtt'"). A parser stops at the first required option it
+    /// misses, before it reaches [`Options::finish`], so a misspelt required key
+    /// (`topic` for `topics`) would be reported as missing: when the parser stopped for
+    /// want of a key while a key it does not know was given, the unknown key is
+    /// reported instead, at its place, with the valid keys and the one it most likely
+    /// meant. The valid keys are learnt from the parser itself: those it asked for,
+    /// then those it asks for when run again with each unasked key read as the
+    /// missing one (such runs stop at `finish`, so nothing is built from them).
+    pub fn parse_connector<T>(
+        &self,
+        what: &str,
+        parse: impl Fn(&Options) -> Result<T>,
+    ) -> Result<T> {
+        let (result, asked) = self.probe(&parse, false);
+        let Err(error) = result else {
+            return result;
+        };
+        let missing = match asked.last() {
+            Some(k) if error.is_user() && !self.values.contains_key(*k) => *k,
+            _ => return Err(error),
+        };
+        let mut valid: BTreeSet<&'static str> = self.known.iter().copied().collect();
+        valid.extend(&asked);
+        let unasked: Vec<&String> = self
+            .values
+            .keys()
+            .filter(|k| !valid.contains(k.as_str()))
+            .collect();
+        for key in &unasked {
+            let mut renamed = self.clone();
+            if let Some(v) = renamed.values.remove(*key) {
+                renamed.values.insert(missing.to_string(), v);
+            }
+            valid.extend(renamed.probe(&parse, true).1);
+        }
+        // The unknown key: the one closest to the missing one, else the first given.
+        let mut unknown: Vec<(&String, &OptionValue)> = self
+            .values
+            .iter()
+            .filter(|(k, _)| !valid.contains(k.as_str()))
+            .collect();
+        unknown.sort_by_key(|(_, v)| (v.position.line, v.position.column));
+        let chosen = unknown
+            .iter()
+            .find(|(k, _)| closest(k, [missing]).is_some())
+            .or(unknown.first());
+        match chosen {
+            Some((key, v)) => {
+                let valid: Vec<&str> = valid.into_iter().collect();
+                Err(unknown_option(key, v.position, what, &valid))
+            }
+            None => Err(error),
+        }
+    }
+
+    /// Runs `parse` on a copy of these options that records the keys it asks for.
+    fn probe<T>(
+        &self,
+        parse: &impl Fn(&Options) -> Result<T>,
+        stop_at_finish: bool,
+    ) -> (Result<T>, Vec<&'static str>) {
+        let probe = Arc::new(Mutex::new(Probe {
+            keys: Vec::new(),
+            stop_at_finish,
+        }));
+        let mut copy = self.clone();
+        copy.asked = Asked(Some(Arc::clone(&probe)));
+        let result = parse(&copy);
+        let keys = std::mem::take(&mut probe.lock().expect("probe lock").keys);
+        (result, keys)
+    }
+}
+
+/// `unknown option 'k' for what; did you mean 'x'? valid options are: …`.
+fn unknown_option(key: &str, at: Position, what: &str, known: &[&str]) -> Error {
+    let mut valid: Vec<&str> = known.to_vec();
+    valid.sort_unstable();
+    valid.dedup();
+    let list = valid.join(", ");
+    let message = match closest(key, valid.iter().copied()) {
+        Some(k) => {
+            format!(
+                "unknown option '{key}' for {what}; did you mean '{k}'? Valid options are: {list}"
+            )
+        }
+        None => format!("unknown option '{key}' for {what}; valid options are: {list}"),
+    };
+    Error::user_at(message, at)
 }
 
 /// Parses `500ms`, `5s`, `5 seconds`, `1.5m`, `2h`, `1d`; a bare number means seconds.
@@ -211,8 +334,66 @@ mod tests {
         let err = o.finish("connector 'file'").unwrap_err().to_string();
         assert_eq!(
             err,
-            "2:9: unknown option 'rat' for connector 'file'; valid options are: path, rate"
+            "2:9: unknown option 'rat' for connector 'file'; did you mean 'rate'? Valid \
+             options are: path, rate"
         );
+    }
+
+    /// A parser like a connector's: `url` and `topics` required, then `qos`.
+    fn connector(o: &Options) -> Result<()> {
+        let mut o = o.clone();
+        let need = |o: &mut Options, key| {
+            o.take(key)
+                .ok_or_else(|| Error::user_at(format!("needs option '{key}'"), o.position))
+        };
+        need(&mut o, "url")?;
+        need(&mut o, "topics")?;
+        let _ = o.take_u64("qos")?;
+        o.finish("connector 'c'")
+    }
+
+    fn options(pairs: &[(&str, &str)]) -> Options {
+        let mut o = Options::new(Position { line: 1, column: 1 });
+        for (i, (k, v)) in pairs.iter().enumerate() {
+            let at = Position {
+                line: 1,
+                column: 10 * (i as u64 + 1),
+            };
+            o.insert(k, v.to_string(), at).unwrap();
+        }
+        o
+    }
+
+    #[test]
+    fn a_misspelt_required_key_is_unknown_not_missing() {
+        let check = |pairs: &[(&str, &str)]| {
+            options(pairs)
+                .parse_connector("connector 'c'", connector)
+                .map_err(|e| e.to_string())
+        };
+        // Named with its position, the key meant and every valid key, even those the
+        // parser would have asked for only after the missing one (`qos`).
+        assert_eq!(
+            check(&[("url", "u"), ("qos", "1"), ("topic", "t")]).unwrap_err(),
+            "1:30: unknown option 'topic' for connector 'c'; did you mean 'topics'? Valid \
+             options are: qos, topics, url"
+        );
+        // Not close to any key: still the unknown one, not the valid `qos`.
+        assert_eq!(
+            check(&[("qos", "1"), ("adress", "u"), ("topics", "t")]).unwrap_err(),
+            "1:20: unknown option 'adress' for connector 'c'; valid options are: qos, topics, url"
+        );
+        // Missing with nothing unknown given: missing.
+        assert_eq!(
+            check(&[("url", "u"), ("qos", "1")]).unwrap_err(),
+            "1:1: needs option 'topics'"
+        );
+        // Another failure is the parser's own.
+        assert_eq!(
+            check(&[("url", "u"), ("topics", "t"), ("qos", "x")]).unwrap_err(),
+            "1:30: option 'qos' must be a whole number, got 'x'"
+        );
+        assert!(check(&[("url", "u"), ("topics", "t")]).is_ok());
     }
 }
 

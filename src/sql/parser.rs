@@ -158,12 +158,32 @@ fn parse_query_statement(p: &mut Parser, start: Position) -> Result<QueryStateme
         || p.peek_keyword(Keyword::VALUES)
         || t.token == Token::LParen;
     if !is_query {
+        // After `CREATE QUERY name AS` only a query may follow; elsewhere, any
+        // statement of an application could have been meant.
+        // (A token before this one exists only when it is not the statement's first.)
+        let after_as = pos(t.span.start) != start && {
+            p.prev_token();
+            let after = p.peek_keyword(Keyword::AS);
+            p.next_token();
+            after
+        };
+        let (expected, words): (&str, &[&str]) = if after_as {
+            (
+                "SELECT, INSERT INTO … SELECT or WITH after AS",
+                &["SELECT", "INSERT", "WITH"],
+            )
+        } else {
+            (
+                "CREATE STREAM, CREATE SINK, CREATE QUERY, INSERT INTO … SELECT, SELECT or DROP",
+                &["CREATE", "SELECT", "INSERT", "WITH", "DROP"],
+            )
+        };
+        let hint = match word(&t).and_then(|w| crate::error::closest(&w, words.iter().copied())) {
+            Some(k) => format!("; did you mean {k}?"),
+            None => String::new(),
+        };
         return Err(Error::user_at(
-            format!(
-                "expected CREATE STREAM, CREATE SINK, CREATE QUERY, INSERT INTO … SELECT, SELECT \
-                 or DROP, found '{}'",
-                t.token
-            ),
+            format!("expected {expected}, found '{}'{hint}", t.token),
             pos(t.span.start),
         ));
     }
@@ -455,9 +475,29 @@ fn parse_with(p: &mut Parser) -> Result<Options> {
     }
 }
 
+/// The name a stream, sink or query is created (or dropped) by. Any text may be a
+/// name when quoted, except what could not name a file under the data directory
+/// (archives and checkpoints are named after their sink or stream).
 fn parse_name(p: &mut Parser) -> Result<String> {
+    let at = pos(p.peek_token().span.start);
     let name = p.parse_object_name(false).map_err(parser_error)?;
-    object_name(&name)
+    let name = object_name(&name).map_err(|e| e.or_at(at))?;
+    let bad = name.is_empty()
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control());
+    if bad {
+        return Err(Error::user_at(
+            format!(
+                "'{name}' cannot be a name: names may not be empty, '.' or '..', nor contain \
+                 '/', '\\' or control characters"
+            ),
+            at,
+        ));
+    }
+    Ok(name)
 }
 
 /// Streams, sinks and queries live in one flat namespace: `a.b` is refused.
@@ -465,7 +505,9 @@ fn object_name(name: &ast::ObjectName) -> Result<String> {
     match name.0.as_slice() {
         [ast::ObjectNamePart::Identifier(id)] => Ok(id.value.clone()),
         _ => Err(Error::user(format!(
-            "'{name}' is not a valid name: use a single identifier"
+            "'{name}' is not a valid name: use a single identifier (quoted, \"{}\", it may \
+             hold dots)",
+            name.to_string().replace('"', "")
         ))),
     }
 }

@@ -12,8 +12,7 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::MemoryCatalogProviderList;
 use datafusion::catalog::empty::EmptyTable;
-use datafusion::common::{DFSchema, ScalarValue};
-use datafusion::error::DataFusionError;
+use datafusion::common::{DFSchema, ScalarValue, TableReference};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::{SessionConfig, SessionContext, SessionState};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
@@ -27,6 +26,7 @@ use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast;
 
 use super::QueryStatement;
+use super::diagnose::{self, Scope};
 use super::rewrite::{self, WINDOW_END, WINDOW_START, WindowKind};
 use crate::engine::aggregate::{AggregatePlan, GroupKey};
 use crate::engine::stateless::StatelessOp;
@@ -108,7 +108,13 @@ impl Planner {
         let expr = self
             .state
             .create_logical_expr(&format!("CAST(NULL AS {t})"), &DFSchema::empty())
-            .map_err(|e| Error::from(e).or_at(at))?;
+            .map_err(|e| {
+                let message = diagnose::tidy(&e.find_root().to_string());
+                match diagnose::unknown_type(&message) {
+                    Some(m) => Error::user_at(m, at),
+                    None => Error::from(e).or_at(at),
+                }
+            })?;
         match expr {
             Expr::Cast(c) => Ok(c.field.data_type().clone()),
             Expr::TryCast(c) => Ok(c.field.data_type().clone()),
@@ -155,13 +161,20 @@ impl Planner {
         Ok(ms)
     }
 
-    /// Plans a continuous query over the given streams.
-    pub fn plan_query(&self, q: &QueryStatement, streams: &[Arc<StreamInfo>]) -> Result<QueryPlan> {
+    /// Plans a continuous query over the given streams. `text` is the statement as
+    /// written (it starts at `q.position`), for errors that point inside it.
+    pub fn plan_query(
+        &self,
+        q: &QueryStatement,
+        text: &str,
+        streams: &[Arc<StreamInfo>],
+    ) -> Result<QueryPlan> {
         let at = q.position;
         let mut query = q.query.as_ref().clone();
         let window_call = rewrite::extract_window(&mut query, at)?;
-        if let Some((name, alias)) = rewrite::single_source(&query)
-            && let Some(s) = streams.iter().find(|s| s.name == name)
+        let source = rewrite::single_source(&query);
+        if let Some((name, alias)) = &source
+            && let Some(s) = streams.iter().find(|s| &s.name == name)
         {
             rewrite::expand_wildcards(&mut query, &s.declared, alias.as_deref());
             rewrite::topic_function(&mut query, &s.name, s.topic_column.as_deref(), at)?;
@@ -174,6 +187,7 @@ impl Planner {
             .with_catalog_list(Arc::new(MemoryCatalogProviderList::new()))
             .build();
         let ctx = SessionContext::new_with_state(fresh);
+        let mut read: Option<(String, SchemaRef)> = None;
         for s in streams {
             let mut fields: Vec<Field> = s
                 .schema
@@ -186,18 +200,62 @@ impl Planner {
                 fields.push(Field::new(WINDOW_START, ts.clone(), false));
                 fields.push(Field::new(WINDOW_END, ts, false));
             }
-            let table = EmptyTable::new(Arc::new(Schema::new(fields)));
-            ctx.register_table(s.name.as_str(), Arc::new(table))
+            let schema = Arc::new(Schema::new(fields));
+            if let Some((name, alias)) = &source
+                && name == &s.name
+            {
+                read = Some((
+                    alias.clone().unwrap_or_else(|| name.clone()),
+                    schema.clone(),
+                ));
+            }
+            // A bare reference: a name given as a string would be parsed as SQL and
+            // folded to lower case, so `WEATHERSTREAM` could never be found.
+            let table = EmptyTable::new(schema);
+            ctx.register_table(TableReference::bare(s.name.as_str()), Arc::new(table))
                 .map_err(Error::from)?;
         }
         let state = ctx.state();
-        let statement = DFStatement::Statement(Box::new(ast::Statement::Query(Box::new(query))));
-        let logical = plan_now(state.statement_to_plan(statement))?.map_err(|e| located(e, at))?;
-        let logical = state.optimize(&logical).map_err(|e| located(e, at))?;
+        let mut scope = Scope {
+            query: Some(&query),
+            text: Some((text, at)),
+            relations: Some(("stream", streams.iter().map(|s| s.name.clone()).collect())),
+            at: Some(at),
+            windowed: Some(window_call.is_some()),
+            ..Scope::new(&state)
+        };
+        if let Some((qualifier, schema)) = &read {
+            scope = scope.with_table(qualifier, schema);
+        }
+        diagnose::check_relations(&query, &scope)?;
+        // Refused before DataFusion plans it: its complaint would be about ambiguous
+        // columns, not about the join.
+        if let Some(p) = diagnose::join_position(&query) {
+            return Err(Error::user_at(
+                "a join is not supported in a continuous query",
+                p,
+            ));
+        }
+        if let Some(p) = diagnose::subquery_position(&query, &state) {
+            return Err(Error::user_at(
+                "a subquery in an expression (IN, EXISTS or a scalar subquery) is not \
+                 supported in a continuous query; a subquery in FROM is",
+                p,
+            ));
+        }
+        let statement =
+            DFStatement::Statement(Box::new(ast::Statement::Query(Box::new(query.clone()))));
+        let logical = plan_now(state.statement_to_plan(statement))?
+            .map_err(|e| diagnose::explain(e, &scope))?;
+        let logical = state
+            .optimize(&logical)
+            .map_err(|e| diagnose::explain(e, &scope))?;
 
         let mut lowering = Lowering {
             planner: self,
             state: &state,
+            scope: &scope,
+            query: &query,
             streams,
             stage: None,
             window: None,
@@ -241,20 +299,6 @@ fn plan_now<T>(fut: impl std::future::Future<Output = T>) -> Result<T> {
     }
 }
 
-/// A DataFusion planning error, positioned at the offending token when DataFusion
-/// collected its span, else at the statement.
-fn located(e: DataFusionError, at: Position) -> Error {
-    let span = e.diagnostic().and_then(|d| d.span);
-    let position = match span {
-        Some(s) if s.start.line > 0 => Position {
-            line: s.start.line,
-            column: s.start.column,
-        },
-        _ => at,
-    };
-    Error::from(e).or_at(position)
-}
-
 struct Stage {
     stream: Arc<StreamInfo>,
     input: Vec<InputColumn>,
@@ -267,6 +311,8 @@ struct Stage {
 struct Lowering<'a> {
     planner: &'a Planner,
     state: &'a SessionState,
+    scope: &'a Scope<'a>,
+    query: &'a ast::Query,
     streams: &'a [Arc<StreamInfo>],
     stage: Option<Stage>,
     window: Option<WindowSpec>,
@@ -276,9 +322,14 @@ struct Lowering<'a> {
 
 impl Lowering<'_> {
     fn unsupported(&self, what: &str) -> Error {
+        self.unsupported_at(what, None)
+    }
+
+    /// Refuses what a continuous query cannot run, where it is written when known.
+    fn unsupported_at(&self, what: &str, at: Option<Position>) -> Error {
         Error::user_at(
             format!("{what} is not supported in a continuous query"),
-            self.at,
+            at.unwrap_or(self.at),
         )
     }
 
@@ -289,7 +340,7 @@ impl Lowering<'_> {
             self.state.execution_props(),
             &PhysicalPlanningContext::default(),
         )
-        .map_err(|e| located(e, self.at))
+        .map_err(|e| diagnose::explain(e, self.scope))
     }
 
     /// Before aggregation the window columns only carry event time: they may be passed
@@ -307,7 +358,10 @@ impl Lowering<'_> {
                 "window_start and window_end exist only after aggregation: use them in \
                  SELECT, HAVING or ORDER BY of the windowed query, not in WHERE or inside \
                  an aggregate",
-                self.at,
+                self.scope
+                    .find_identifier(WINDOW_START)
+                    .or_else(|| self.scope.find_identifier(WINDOW_END))
+                    .unwrap_or(self.at),
             ));
         }
         Ok(())
@@ -388,13 +442,13 @@ impl Lowering<'_> {
             LogicalPlan::Sort(s) => {
                 self.lower(&s.input)?;
                 if s.fetch.is_some() {
-                    return Err(self.unsupported("LIMIT"));
+                    return Err(self.unsupported_at("LIMIT", diagnose::limit_position(self.query)));
                 }
                 if !self.after_aggregate() {
                     return Err(Error::user_at(
                         "ORDER BY needs a windowed aggregate: an unbounded stream has no end \
                          to sort to (in a windowed query it orders each window's results)",
-                        self.at,
+                        diagnose::order_by_position(self.query).unwrap_or(self.at),
                     ));
                 }
                 let exprs = create_physical_sort_exprs(
@@ -403,14 +457,18 @@ impl Lowering<'_> {
                     self.state.execution_props(),
                     &PhysicalPlanningContext::default(),
                 )
-                .map_err(|e| located(e, self.at))?;
+                .map_err(|e| diagnose::explain(e, self.scope))?;
                 if let Some(ordering) = LexOrdering::new(exprs) {
                     self.push_op(StatelessOp::Sort(ordering), true);
                 }
                 Ok(())
             }
-            LogicalPlan::Limit(_) => Err(self.unsupported("LIMIT")),
-            LogicalPlan::Join(_) => Err(self.unsupported("a join")),
+            LogicalPlan::Limit(_) => {
+                Err(self.unsupported_at("LIMIT", diagnose::limit_position(self.query)))
+            }
+            LogicalPlan::Join(_) => {
+                Err(self.unsupported_at("a join", diagnose::join_position(self.query)))
+            }
             LogicalPlan::Union(_) => Err(self.unsupported("UNION")),
             LogicalPlan::Window(_) => Err(self.unsupported("a window function with OVER")),
             LogicalPlan::Distinct(_) => {
@@ -491,9 +549,8 @@ impl Lowering<'_> {
     fn lower_aggregate(&mut self, a: &datafusion::logical_expr::Aggregate) -> Result<()> {
         let Some(window) = self.window else {
             return Err(Error::user_at(
-                "aggregation over a stream needs a window in GROUP BY (TUMBLE, HOP or SESSION): \
-                 without one a group would never be complete, so it would never be emitted",
-                self.at,
+                diagnose::NEEDS_WINDOW,
+                diagnose::aggregation_position(self.query, self.state).unwrap_or(self.at),
             ));
         };
         if self.after_aggregate() {
@@ -548,13 +605,13 @@ impl Lowering<'_> {
                 &PhysicalPlanningContext::default(),
             )
             .build()
-            .map_err(|e| located(e, self.at))?;
+            .map_err(|e| diagnose::explain(e, self.scope))?;
             // Surface "not supported for this type" now, at CREATE time, rather than
             // on the first record (accumulators are otherwise created lazily).
             lowered
                 .aggregate
                 .create_accumulator()
-                .map_err(|e| located(e, self.at))?;
+                .map_err(|e| diagnose::explain(e, self.scope))?;
             aggregates.push(lowered.aggregate);
             filters.push(lowered.filter);
         }

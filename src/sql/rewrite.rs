@@ -16,6 +16,7 @@ use datafusion::sql::sqlparser::ast::{
     self, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, SelectItem,
     SetExpr, Spanned, TableFactor, Visit, Visitor,
 };
+use datafusion::sql::sqlparser::tokenizer::Span;
 
 use crate::error::{Error, Position, Result};
 
@@ -174,11 +175,12 @@ pub fn expand_wildcards(query: &mut ast::Query, columns: &[String], alias: Optio
     let SetExpr::Select(select) = query.body.as_mut() else {
         return;
     };
-    let idents = |qualifier: Option<&Ident>| -> Vec<SelectItem> {
+    // The columns carry the span of the `*`, so an error about one points there.
+    let idents = |qualifier: Option<&Ident>, span: Span| -> Vec<SelectItem> {
         columns
             .iter()
             .map(|c| {
-                let col = Ident::with_quote('"', c.as_str());
+                let col = Ident::with_quote_and_span('"', span, c.as_str());
                 SelectItem::UnnamedExpr(match qualifier {
                     Some(q) => Expr::CompoundIdentifier(vec![q.clone(), col]),
                     None => Expr::Identifier(col),
@@ -189,7 +191,9 @@ pub fn expand_wildcards(query: &mut ast::Query, columns: &[String], alias: Optio
     let mut out = Vec::with_capacity(select.projection.len());
     for item in select.projection.drain(..) {
         match &item {
-            SelectItem::Wildcard(opts) if is_plain(opts) => out.extend(idents(None)),
+            SelectItem::Wildcard(opts) if is_plain(opts) => {
+                out.extend(idents(None, opts.wildcard_token.0.span))
+            }
             SelectItem::QualifiedWildcard(
                 ast::SelectItemQualifiedWildcardKind::ObjectName(n),
                 opts,
@@ -197,7 +201,7 @@ pub fn expand_wildcards(query: &mut ast::Query, columns: &[String], alias: Optio
                 let q = n.0.last().and_then(|p| p.as_ident()).cloned();
                 match q {
                     Some(q) if alias.is_none() || alias == Some(q.value.as_str()) => {
-                        out.extend(idents(Some(&q)))
+                        out.extend(idents(Some(&q), n.span()))
                     }
                     _ => out.push(item),
                 }
@@ -230,6 +234,7 @@ pub fn topic_function(
     let mut failure: Option<Error> = None;
     let _ = visit_expressions_mut(query, |e| {
         let here = position_of(&*e, at);
+        let span = e.span();
         let Expr::Function(f) = e else {
             return ControlFlow::Continue(());
         };
@@ -259,7 +264,11 @@ pub fn topic_function(
             .try_with_sql(&text)
             .and_then(|mut p| p.parse_expr())
         {
-            Ok(new) => *e = new,
+            Ok(mut new) => {
+                // Parsed from text of its own: its spans would point at line 1.
+                super::diagnose::respan(&mut new, span);
+                *e = new
+            }
             Err(err) => {
                 failure = Some(Error::user_at(format!("topic(): {err}"), here));
                 return ControlFlow::Break(());
