@@ -259,6 +259,9 @@ pub enum RecordErrorKind {
     Late,
     /// Evaluating the query failed for the record (for example a failed CAST).
     Eval,
+    /// Sluice could not process the record for a reason of its own (a bug): it is
+    /// kept here, with the reason, rather than lost or retried forever.
+    Internal,
 }
 
 impl RecordErrorKind {
@@ -269,6 +272,7 @@ impl RecordErrorKind {
             RecordErrorKind::Oversized => "oversized",
             RecordErrorKind::Late => "late",
             RecordErrorKind::Eval => "eval",
+            RecordErrorKind::Internal => "internal",
         }
     }
 }

@@ -17,4 +17,5 @@ mod seeds;
 mod service;
 mod services;
 mod simulate;
+mod supervision;
 mod support;

@@ -65,6 +65,12 @@ pub(super) async fn render(State(state): State<AppState>) -> impl IntoResponse {
         per_query(&|q| f64::from(u8::from(q.status() == QueryStatus::Running))),
     );
     family(
+        "sluice_query_failed",
+        "gauge",
+        "1 when the query failed (see GET /queries/{name} for why).",
+        per_query(&|q| f64::from(u8::from(matches!(q.status(), QueryStatus::Failed(_))))),
+    );
+    family(
         "sluice_query_state_bytes",
         "gauge",
         "Bytes of open window state.",
@@ -113,6 +119,20 @@ pub(super) async fn render(State(state): State<AppState>) -> impl IntoResponse {
                 (
                     format!("stream=\"{}\"", label(n)),
                     s.decode_errors.load(Ordering::Relaxed) as f64,
+                )
+            })
+            .collect(),
+    );
+    family(
+        "sluice_stream_restarts_total",
+        "counter",
+        "Times a stream was started again after it failed.",
+        streams
+            .iter()
+            .map(|(n, s)| {
+                (
+                    format!("stream=\"{}\"", label(n)),
+                    s.restarts.load(Ordering::Relaxed) as f64,
                 )
             })
             .collect(),

@@ -557,6 +557,7 @@ fn stream_json(state: &AppState, def: &crate::catalog::StreamDef) -> Value {
             "status": s.status.lock().map(|s| s.clone()).unwrap_or_default(),
             "records_in": s.records_in.load(Ordering::Relaxed),
             "decode_errors": s.decode_errors.load(Ordering::Relaxed),
+            "restarts": s.restarts.load(Ordering::Relaxed),
             "chunks": s.chunks.load(Ordering::Relaxed),
             "connection": s.health.as_ref().map(|h| h.to_json()),
         }),

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
+use futures::FutureExt;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -29,7 +30,7 @@ use crate::catalog::{Catalog, Change};
 use crate::decode::{Chunk, Decoded};
 use crate::engine::watermark::{Clock, SystemClock};
 use crate::engine::{Emitted, Query};
-use crate::error::{Error, Result};
+use crate::error::{Error, RecordError, Result};
 use crate::render::{self, TimestampFormat::Rfc3339};
 use crate::sinks;
 use crate::sources::{self, IngestReport, Input};
@@ -265,6 +266,11 @@ pub struct StreamState {
     /// The input channel, weakly: to count what waits in it without keeping it open
     /// (a source's input must be able to end).
     input: OnceLock<mpsc::WeakSender<Input>>,
+    /// Why the source stopped, when it failed, and whether trying again may help
+    /// (a broker or store that failed; not a wrong option).
+    source_failure: Mutex<Option<(String, bool)>>,
+    /// Times the stream was started again after it failed.
+    pub restarts: AtomicU64,
 }
 
 impl StreamState {
@@ -333,6 +339,11 @@ struct SinkRun {
 /// source quickly (in chunks and batches).
 const SOURCE_CHANNEL: usize = 8;
 const SINK_CHANNEL: usize = 16;
+/// A failed stream starts again after 1 s, then 2 s, 4 s … up to a minute while it
+/// keeps failing; a failure after 5 minutes of peace starts from 1 s again.
+const RESTART_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
+const RESTART_BACKOFF_RESET: Duration = Duration::from_secs(300);
 /// How long a dropped sink may take to flush before it is aborted.
 const SINK_DROP_GRACE: Duration = Duration::from_secs(5);
 /// Chunks a stream task takes per step at most: enough to fill a decode batch from
@@ -349,6 +360,8 @@ struct Inner {
     app_log: BTreeMap<String, (i64, Vec<Change>)>,
     /// Persisted entries the last restore could not apply.
     skipped: Vec<Skipped>,
+    /// Per stream: failed runs in a row, and when the last one failed (the backoff).
+    failures: HashMap<String, (u32, std::time::Instant)>,
 }
 
 /// The running service: catalog, queries and their tasks.
@@ -370,6 +383,7 @@ impl Manager {
                 sinks: HashMap::new(),
                 app_log: BTreeMap::new(),
                 skipped: Vec::new(),
+                failures: HashMap::new(),
             }),
             shutdown: watch::channel(false).0,
         })
@@ -760,8 +774,20 @@ impl Manager {
         let sink_name = name.to_string();
         let task = tokio::spawn(async move {
             let mut failed = None;
+            // A sink that panics fails like one that errs: its status says why, and
+            // the queries writing to it see it stop.
+            let caught = |p: Box<dyn std::any::Any + Send>| {
+                Err(Error::internal(format!(
+                    "the sink panicked: {}",
+                    panic_message(&*p)
+                )))
+            };
             while let Some(batch) = rx.recv().await {
-                if let Err(e) = sink.write(&batch).await {
+                let written = std::panic::AssertUnwindSafe(sink.write(&batch))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(caught);
+                if let Err(e) = written {
                     failed = Some(e);
                     break;
                 }
@@ -772,7 +798,10 @@ impl Manager {
                     .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
             }
             if failed.is_none()
-                && let Err(e) = sink.flush().await
+                && let Err(e) = std::panic::AssertUnwindSafe(sink.flush())
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(caught)
             {
                 failed = Some(e);
             }
@@ -823,10 +852,24 @@ impl Manager {
         let tx = input_tx.clone();
         let stream_name = def.name.clone();
         let source = tokio::spawn(async move {
-            if let Err(e) = source.run(tx).await {
-                tracing::error!(stream = %stream_name, "source failed: {e}");
-                *source_state.status.lock().expect("lock") = format!("failed: {e}");
+            // A sender kept until the outcome is recorded: the input closes only
+            // after it, so the stream task always knows how its source ended.
+            let keep = tx.clone();
+            let outcome = std::panic::AssertUnwindSafe(source.run(tx))
+                .catch_unwind()
+                .await;
+            let failure = match outcome {
+                Ok(Ok(())) => None,
+                // A wrong option will be as wrong next time; anything else may pass.
+                Ok(Err(e)) => Some((e.to_string(), !e.is_user())),
+                Err(panic) => Some((format!("panicked: {}", panic_message(&*panic)), true)),
+            };
+            if let Some((why, _)) = &failure {
+                tracing::error!(stream = %stream_name, "source failed: {why}");
+                *source_state.status.lock().expect("lock") = format!("failed: {why}");
             }
+            *source_state.source_failure.lock().expect("lock") = failure;
+            drop(keep);
         });
         let task = StreamTask {
             core,
@@ -837,7 +880,34 @@ impl Manager {
             tick: self.options.tick,
         };
         let shutdown = self.shutdown.subscribe();
-        let task = tokio::spawn(task.run(input_rx, control_rx, shutdown));
+        // The supervisor: however the task ends — its source failed, or it panicked —
+        // the stream and its queries say so, and the manager starts them again with
+        // backoff when that can help.
+        let manager = Arc::downgrade(self);
+        let task_state = Arc::clone(&state);
+        let stream_name = def.name.clone();
+        let task = tokio::spawn(async move {
+            let outcome = std::panic::AssertUnwindSafe(task.run(input_rx, control_rx, shutdown))
+                .catch_unwind()
+                .await;
+            let failure = match outcome {
+                Err(panic) => Some((
+                    format!("its task panicked: {}", panic_message(&*panic)),
+                    true,
+                )),
+                Ok(()) => task_state
+                    .source_failure
+                    .lock()
+                    .expect("lock")
+                    .clone()
+                    .map(|(why, retry)| (format!("its source failed: {why}"), retry)),
+            };
+            if let Some((why, retry)) = failure
+                && let Some(m) = manager.upgrade()
+            {
+                m.stream_failed(&stream_name, &task_state, why, retry);
+            }
+        });
         let input = (def.connector == "http").then_some(input_tx);
         Ok(StreamRun {
             control: control_tx,
@@ -846,6 +916,103 @@ impl Manager {
             source,
             state,
         })
+    }
+
+    /// A stream's run ended in failure (its source failed, or its task panicked):
+    /// its running queries are `failed` with the reason, the run is gone, and when
+    /// trying again may help, the same queries start again after a backoff that grows
+    /// with each failure in a row (1 s doubling to 60 s).
+    fn stream_failed(
+        self: &Arc<Self>,
+        stream: &str,
+        state: &Arc<StreamState>,
+        why: String,
+        retry: bool,
+    ) {
+        let mut inner = self.lock();
+        // Only the current run counts: a stopped or replaced stream's old task may end
+        // after its successor started.
+        let current = inner
+            .streams
+            .get(stream)
+            .is_some_and(|r| Arc::ptr_eq(&r.state, state));
+        if !current {
+            return;
+        }
+        if let Some(run) = inner.streams.remove(stream) {
+            run.source.abort();
+        }
+        let victims: Vec<String> = inner
+            .queries
+            .values()
+            .filter(|q| q.stream == stream && q.status() == QueryStatus::Running)
+            .map(|q| q.name.clone())
+            .collect();
+        let reason = format!("stream '{stream}' failed: {why}");
+        for q in &victims {
+            inner.queries[q].set_status(QueryStatus::Failed(reason.clone()));
+        }
+        tracing::error!(stream = %stream, queries = ?victims, "{reason}");
+        *state.status.lock().expect("lock") = format!("failed: {why}");
+        if !retry || victims.is_empty() || *self.shutdown.borrow() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let (attempts, last) = inner.failures.entry(stream.to_string()).or_insert((0, now));
+        // A stream that ran for a while before failing starts its backoff afresh.
+        if now.duration_since(*last) > RESTART_BACKOFF_RESET {
+            *attempts = 0;
+        }
+        *attempts += 1;
+        *last = now;
+        let delay =
+            (RESTART_BACKOFF_FIRST * 2u32.saturating_pow(*attempts - 1)).min(RESTART_BACKOFF_MAX);
+        *state.status.lock().expect("lock") = format!(
+            "failed: {why}; starting again in {} ms (attempt {attempts})",
+            delay.as_millis()
+        );
+        let manager = Arc::downgrade(self);
+        let stream = stream.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(m) = manager.upgrade() {
+                m.revive(&stream, &victims, &reason);
+            }
+        });
+    }
+
+    /// Starts again the queries a failed stream run took down, unless the user (or a
+    /// change) did something to them meanwhile.
+    fn revive(self: &Arc<Self>, stream: &str, queries: &[String], reason: &str) {
+        if *self.shutdown.borrow() {
+            return;
+        }
+        let mut inner = self.lock();
+        let restarts = inner
+            .stream_states
+            .get(stream)
+            .map_or(0, |s| s.restarts.load(Ordering::Relaxed));
+        let mut started = 0;
+        for name in queries {
+            let Some(q) = inner.queries.get(name).cloned() else {
+                continue;
+            };
+            if q.stream != stream || q.status() != QueryStatus::Failed(reason.to_string()) {
+                continue;
+            }
+            q.set_status(QueryStatus::Stopped);
+            if let Err(e) = self.start_locked(&mut inner, name) {
+                q.set_status(QueryStatus::Failed(e.to_string()));
+            } else {
+                started += 1;
+            }
+        }
+        if started > 0
+            && let Some(s) = inner.stream_states.get(stream)
+        {
+            s.restarts.store(restarts + 1, Ordering::Relaxed);
+            tracing::info!(stream = %stream, queries = started, "started again after a failure");
+        }
     }
 
     /// Hands an HTTP body to a running `http` stream and waits for its report.
@@ -1033,6 +1200,18 @@ impl Manager {
         std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, path)?;
         Ok(())
+    }
+}
+
+/// What a caught panic said (its payload is a `&str` or a `String` when it came
+/// from `panic!` with a message).
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "no message".to_string()
     }
 }
 
@@ -1247,24 +1426,20 @@ impl StreamTask {
                         self.ingest(std::mem::take(&mut batch), clock.now_ms()).await;
                     }
                     None => {
+                        // A source that failed ended nothing: its open windows are
+                        // incomplete and stay unemitted; the supervisor reports it.
+                        if self.state.source_failure.lock().expect("lock").is_some() {
+                            break;
+                        }
                         // Input ended: every window closes, then the queries finish.
                         let wm = self.core.finish();
                         self.step(&Decoded::default(), Some(wm), clock.now_ms()).await;
-                        // A source that failed said why: its queries fail with that
-                        // reason, and the stream keeps it rather than "ended".
-                        let mut status = self.state.status.lock().expect("lock");
-                        let failed = status.starts_with("failed").then(|| status.clone());
                         for q in &self.queries {
                             if q.state.status() == QueryStatus::Running {
-                                q.state.set_status(match &failed {
-                                    Some(why) => QueryStatus::Failed(format!("source {why}")),
-                                    None => QueryStatus::Finished,
-                                });
+                                q.state.set_status(QueryStatus::Finished);
                             }
                         }
-                        if failed.is_none() {
-                            *status = "ended".into();
-                        }
+                        *self.state.status.lock().expect("lock") = "ended".into();
                         break;
                     }
                 },
@@ -1324,11 +1499,39 @@ impl StreamTask {
                 }
             }
             Err(e) => {
-                // The decoder failed as a whole (a bug, not bad data): say so loudly.
+                // The decoder failed as a whole (a bug, not bad data): say so loudly,
+                // and keep every record of the chunks on the error output with the
+                // reason. Not acknowledging them instead would have the broker send
+                // them again, fail again, and stop the stream for good.
                 tracing::error!(stream = %self.core.def.name, "decode failed: {e}");
-                IngestReport {
-                    failed: Some(e.to_string()),
+                let errors: Vec<RecordError> = chunks
+                    .iter()
+                    .flat_map(|c| {
+                        let reason = format!("Sluice could not decode this chunk: {e}");
+                        c.data
+                            .split(|&b| b == b'\n')
+                            .filter(|l| !l.trim_ascii().is_empty())
+                            .map(move |l| RecordError {
+                                kind: crate::error::RecordErrorKind::Internal,
+                                reason: reason.clone(),
+                                payload: String::from_utf8_lossy(l).into_owned(),
+                                arrival_ms: c.arrival_ms,
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                self.state
+                    .decode_errors
+                    .fetch_add(errors.len() as u64, Ordering::Relaxed);
+                let decoded = Decoded {
+                    errors,
                     ..Default::default()
+                };
+                self.step(&decoded, None, now).await;
+                IngestReport {
+                    accepted: 0,
+                    rejected: decoded.errors,
+                    failed: None,
                 }
             }
         }
