@@ -1609,7 +1609,13 @@ async fn local_sinks_are_idle_until_they_first_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_is_shown_only_while_records_wait_for_a_query() {
-    let api = Api::new();
+    // The SQL arrives over HTTP: the Redis it names must be allowed.
+    let mut options = manager_options();
+    options.connectors.allow(sluice::reach::AllowList {
+        redis: vec![sluice::reach::HostPort::parse("127.0.0.1:1").unwrap()],
+        ..Default::default()
+    });
+    let api = Api::with(options, ApiOptions::default());
     // `slow` writes to a Redis nobody listens on: its sink retries, holding the query,
     // so what is posted next waits in the stream's input. `quiet` reads a stream that
     // got one old record and nothing since.
