@@ -108,8 +108,8 @@ async fn write_run(
     span_ms: i64,
 ) -> f64 {
     let ctx = SinkContext {
-        file_root: None,
         data_dir: Some(data_dir.to_path_buf()),
+        ..Default::default()
     };
     let mut sink = sinks::build(name, "archive", &options(opts), &ctx).unwrap();
     let schema = schema();
@@ -217,8 +217,8 @@ fn main() {
             sinks: vec![def],
             data_dir: Some(dir.clone()),
             sink_context: SinkContext {
-                file_root: None,
                 data_dir: Some(dir.clone()),
+                ..Default::default()
             },
             ..Default::default()
         };

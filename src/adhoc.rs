@@ -438,8 +438,8 @@ impl Sources {
 pub fn sources_from_data_dir(dir: &Path) -> Result<Sources> {
     let catalog = crate::runtime::manager::persisted_catalog(&dir.join("catalog.json"))?;
     let ctx = SinkContext {
-        file_root: None,
         data_dir: Some(dir.to_path_buf()),
+        ..Default::default()
     };
     Ok(Sources::of_catalog(&catalog, &ctx, false))
 }

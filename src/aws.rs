@@ -5,10 +5,10 @@
 //!
 //! | option | default | meaning |
 //! |---|---|---|
-//! | `region` | the standard chain (`AWS_REGION`, profile) | e.g. `eu-west-1` |
-//! | `endpoint` | AWS's | an emulator or VPC endpoint, e.g. `http://127.0.0.1:4567` |
+//! | `region` | the standard chain (`AWS_REGION`, profile) | e.g. `eu-west-1` (lowercase letters, digits and `-`) |
+//! | `endpoint` | AWS's | an emulator or VPC endpoint, e.g. `http://127.0.0.1:4567`; over HTTP only an allow-listed one (`sluice serve --allow-endpoint`), with the SQL's own credentials |
 //! | `access_key_id`, `secret_access_key`, `session_token` | the standard chain | static credentials, meant for emulators and tests; in production leave them out and let the chain (env, profile, web identity, ECS/EC2 roles) find them |
-//! | `profile` | `AWS_PROFILE` or `default` | the profile of `~/.aws/config` to use |
+//! | `profile` | `AWS_PROFILE` or `default` | the profile of `~/.aws/config` to use (not over HTTP) |
 //! | `ca` | the system's roots | a PEM file of certificates to trust besides the system's roots, for an endpoint with a private CA (relative to the data directory for SQL sent over HTTP) |
 //!
 //! The HTTP client is hyper with rustls on the `ring` provider (the one the MQTT
@@ -29,6 +29,7 @@ use aws_sdk_kinesis::config::Credentials;
 use aws_smithy_http_client::tls;
 
 use crate::error::{Error, Result};
+use crate::reach::{Deferred, Reach, Service};
 use crate::sql::Options;
 
 /// The connection options of an AWS connector, taken at CREATE time.
@@ -42,13 +43,23 @@ pub struct AwsConnect {
     pub profile: Option<String>,
     /// `ca`: PEM certificates to trust besides the system's roots, read at CREATE.
     pub ca_pem: Option<Vec<u8>>,
+    /// Why SQL from the network may not use these options (an endpoint not
+    /// allowed, …): the connector raises it once it has read all its options.
+    pub refused: Deferred,
 }
 
 impl AwsConnect {
     /// Takes `region`, `endpoint`, `access_key_id`, `secret_access_key`,
     /// `session_token`, `profile` and `ca` (a path under `file_root` when there is
-    /// one: SQL from the network names no file outside the data directory).
-    pub fn from_options(o: &mut Options, file_root: Option<&PathBuf>) -> Result<Self> {
+    /// one: SQL from the network names no file outside the data directory). For SQL
+    /// from the network (`reach` restricted) an endpoint must be allow-listed and come
+    /// with the SQL's own credentials, and no profile may be picked: the server's own
+    /// identity goes only to AWS (or to the endpoint its environment names).
+    pub fn from_options(
+        o: &mut Options,
+        file_root: Option<&PathBuf>,
+        reach: &Reach,
+    ) -> Result<Self> {
         let at = o.position;
         let ca_pem = match o.take("ca") {
             None => None,
@@ -72,32 +83,65 @@ impl AwsConnect {
                 Some(pem)
             }
         };
-        let endpoint = o.take("endpoint");
-        if let Some(e) = &endpoint {
-            let v = e.value.trim();
-            if !(v.starts_with("http://") || v.starts_with("https://")) {
-                return Err(Error::user_at(
-                    format!("option 'endpoint' must be an http:// or https:// URL, got '{v}'"),
-                    e.position,
-                ));
+        let endpoint = match o.take("endpoint") {
+            None => None,
+            Some(e) => {
+                let parsed =
+                    Endpoint::parse(&e.value).map_err(|why| Error::user_at(why, e.position))?;
+                Some((parsed, e.position))
             }
-        }
-        let c = AwsConnect {
-            region: o.take_string("region").map(|r| r.trim().to_string()),
-            endpoint: endpoint.map(|e| e.value.trim().trim_end_matches('/').to_string()),
-            access_key_id: o.take_string("access_key_id"),
-            secret_access_key: o.take_string("secret_access_key"),
-            session_token: o.take_string("session_token"),
-            profile: o.take_string("profile"),
-            ca_pem,
         };
-        if c.access_key_id.is_some() != c.secret_access_key.is_some() {
+        let region = match o.take("region") {
+            None => None,
+            Some(r) => {
+                let v = r.value.trim();
+                // The region becomes part of a host name (kinesis.<region>.amazonaws.com):
+                // anything but a region's characters could send requests elsewhere.
+                let valid = !v.is_empty()
+                    && v.len() <= 64
+                    && v.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+                if !valid {
+                    return Err(Error::user_at(
+                        format!(
+                            "option 'region' must be an AWS region name such as 'eu-west-1' \
+                             (lowercase letters, digits and '-'), got '{v}'"
+                        ),
+                        r.position,
+                    ));
+                }
+                Some(v.to_string())
+            }
+        };
+        let access_key_id = o.take_string("access_key_id");
+        let secret_access_key = o.take_string("secret_access_key");
+        let session_token = o.take_string("session_token");
+        let profile = o.take("profile");
+        if access_key_id.is_some() != secret_access_key.is_some() {
             return Err(Error::user_at(
                 "access_key_id and secret_access_key go together",
                 at,
             ));
         }
-        Ok(c)
+        let mut refused = Deferred::default();
+        if reach.restricted {
+            refused.keep(restricted(
+                reach,
+                &endpoint,
+                &profile,
+                access_key_id.is_some(),
+            ))?;
+        }
+        Ok(AwsConnect {
+            region,
+            endpoint: endpoint.map(|(e, _)| e.url),
+            access_key_id,
+            secret_access_key,
+            session_token,
+            profile: profile.map(|p| p.value),
+            ca_pem,
+            refused,
+        })
     }
 
     /// The SDK configuration: resolves region and credentials (the chain may read
@@ -152,6 +196,98 @@ impl AwsConnect {
             (None, Some(r)) => format!("AWS {r}"),
             (None, None) => "AWS (region from the environment)".to_string(),
         }
+    }
+}
+
+/// What SQL from the network may not do with AWS options: name an endpoint not
+/// allowed, name an allowed one without its own credentials (the server's would go
+/// there), or pick one of the server's profiles.
+fn restricted(
+    reach: &Reach,
+    endpoint: &Option<(Endpoint, crate::error::Position)>,
+    profile: &Option<crate::sql::options::OptionValue>,
+    own_credentials: bool,
+) -> Result<()> {
+    if let Some(p) = profile {
+        return Err(Error::user_at(
+            "option 'profile' picks one of this server's AWS identities, which SQL \
+             submitted over HTTP may not do: leave it out to use the server's default \
+             credentials, or give access_key_id and secret_access_key (SQL files loaded \
+             with --queries may name a profile)",
+            p.position,
+        ));
+    }
+    if let Some((e, position)) = endpoint {
+        reach.check(
+            Service::Endpoint,
+            "endpoint",
+            &e.host,
+            e.port,
+            e.default_port,
+            *position,
+        )?;
+        if !own_credentials {
+            return Err(Error::user_at(
+                format!(
+                    "option 'endpoint' ({}) needs the SQL's own access_key_id and \
+                     secret_access_key when the SQL is submitted over HTTP: the server's own \
+                     AWS credentials go only to AWS's endpoints (or to the endpoint the \
+                     server's environment names, AWS_ENDPOINT_URL)",
+                    e.url
+                ),
+                *position,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An `endpoint` option, parsed once: what is checked against the allow-list is what
+/// the SDK and object_store are given, rebuilt from the parts (`scheme://host[:port]`
+/// and the path), so no two URL parsers can read one string two ways.
+struct Endpoint {
+    url: String,
+    host: String,
+    port: u16,
+    default_port: u16,
+}
+
+impl Endpoint {
+    fn parse(value: &str) -> std::result::Result<Endpoint, String> {
+        let v = value.trim();
+        let bad = |why: &str| {
+            format!("option 'endpoint' must be an http:// or https:// URL{why}, got '{v}'")
+        };
+        let url = url::Url::parse(v).map_err(|e| bad(&format!(" ({e})")))?;
+        let default_port = match url.scheme() {
+            "http" => 80,
+            "https" => 443,
+            _ => return Err(bad("")),
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad(
+                " without a user or password (credentials go in access_key_id and secret_access_key)",
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(bad(" without '?' or '#'"));
+        }
+        let host = match url.host() {
+            Some(url::Host::Domain(d)) => d.to_string(),
+            Some(url::Host::Ipv4(a)) => a.to_string(),
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            None => return Err(bad(" with a host")),
+        };
+        let port = url.port_or_known_default().unwrap_or(default_port);
+        // The origin is `scheme://host[:port]` (the default port left out); a path,
+        // when there is one, is kept without its trailing '/'.
+        let path = url.path().trim_end_matches('/');
+        Ok(Endpoint {
+            url: format!("{}{path}", url.origin().ascii_serialization()),
+            host,
+            port,
+            default_port,
+        })
     }
 }
 
@@ -227,4 +363,110 @@ pub fn needs_operator(code: Option<&str>) -> bool {
                 | "InvalidArgumentException"
         )
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::error::Position;
+    use crate::reach::{AllowList, HostPort};
+
+    fn options(pairs: &[(&str, &str)]) -> Options {
+        let mut o = Options::new(Position::default());
+        for (k, v) in pairs {
+            o.insert(k, v.to_string(), Position::default()).unwrap();
+        }
+        o
+    }
+
+    fn network(endpoints: &[&str]) -> Reach {
+        Reach {
+            restricted: true,
+            allow: Arc::new(AllowList {
+                endpoints: endpoints
+                    .iter()
+                    .map(|e| HostPort::parse(e).unwrap())
+                    .collect(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// What the SDK is given is rebuilt from the parsed URL: one reading of it.
+    #[test]
+    fn endpoints_are_rebuilt_from_their_parts() {
+        let e = Endpoint::parse(" http://127.0.0.1:4567/ ").unwrap();
+        assert_eq!(
+            (e.url.as_str(), e.port, e.default_port),
+            ("http://127.0.0.1:4567", 4567, 80)
+        );
+        let e = Endpoint::parse("HTTPS://Kinesis.Example.COM:443/base/").unwrap();
+        assert_eq!(e.url, "https://kinesis.example.com/base");
+        assert_eq!((e.host.as_str(), e.port), ("kinesis.example.com", 443));
+        // Other spellings of an address come out canonical.
+        let e = Endpoint::parse("http://0x7f.1").unwrap();
+        assert_eq!(
+            (e.url.as_str(), e.host.as_str()),
+            ("http://127.0.0.1", "127.0.0.1")
+        );
+        let e = Endpoint::parse("http://[::1]:9000").unwrap();
+        assert_eq!(
+            (e.url.as_str(), e.host.as_str()),
+            ("http://[::1]:9000", "::1")
+        );
+        for bad in [
+            "ftp://x",
+            "127.0.0.1:4567",
+            "http://user:pw@x",
+            "http://allowed@evil",
+            "http://x/?a=b",
+            "http://x#f",
+            "http://",
+        ] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sql_from_the_network_keeps_the_servers_identity_with_aws() {
+        let check = |reach: &Reach, pairs: &[(&str, &str)]| -> std::result::Result<(), String> {
+            let mut o = options(pairs);
+            AwsConnect::from_options(&mut o, None, reach)
+                .and_then(|c| c.refused.raise())
+                .map_err(|e| e.to_string())
+        };
+        let net = network(&["127.0.0.1:4567"]);
+        let own = [("access_key_id", "k"), ("secret_access_key", "s")];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut v: Vec<(&str, &str)> = own.to_vec();
+            v.extend_from_slice(extra);
+            v
+        };
+        // AWS's own endpoints: the server's credentials, or the SQL's.
+        assert_eq!(check(&net, &[("region", "eu-west-1")]), Ok(()));
+        assert_eq!(check(&net, &own), Ok(()));
+        // An allowed endpoint, with the SQL's credentials only.
+        let allowed = ("endpoint", "http://127.0.0.1:4567");
+        assert_eq!(check(&net, &with(&[allowed])), Ok(()));
+        let e = check(&net, &[allowed]).unwrap_err();
+        assert!(e.contains("needs the SQL's own access_key_id"), "{e}");
+        let e = check(&net, &with(&[("endpoint", "http://127.0.0.1:4568")])).unwrap_err();
+        assert!(e.contains("--allow-endpoint 127.0.0.1:4568"), "{e}");
+        let e = check(&net, &[("profile", "admin")]).unwrap_err();
+        assert!(e.contains("option 'profile'"), "{e}");
+        // A region is part of a host name: nothing else gets in.
+        let e = check(&net, &[("region", "us-east-1.evil.example#")]).unwrap_err();
+        assert!(e.contains("must be an AWS region name"), "{e}");
+        // The operator's SQL reaches anything.
+        let files = Reach::default();
+        assert_eq!(
+            check(
+                &files,
+                &[("endpoint", "http://10.1.2.3:9"), ("profile", "x")]
+            ),
+            Ok(())
+        );
+    }
 }

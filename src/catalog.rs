@@ -14,6 +14,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use crate::decode::DecodeColumn;
 use crate::engine::QueryPlan;
 use crate::error::{Error, Position, Result, name_hint};
+use crate::sinks::Claim;
 use crate::sql::planner::{ARRIVAL_TIME, Planner, StreamInfo};
 use crate::sql::{self, ObjectKind, Options};
 
@@ -28,7 +29,8 @@ pub trait ConnectorCheck {
     /// `name` is the stream's or the sink's: some connectors derive a location (a
     /// checkpoint file, an archive directory) from it.
     fn check_source(&self, name: &str, connector: &str, options: &Options) -> Result<()>;
-    fn check_sink(&self, name: &str, connector: &str, options: &Options) -> Result<()>;
+    /// Also returns the storage the sink would own, which no other sink may share.
+    fn check_sink(&self, name: &str, connector: &str, options: &Options) -> Result<Option<Claim>>;
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +79,8 @@ pub struct SinkDef {
     pub app: Option<String>,
     /// Its definition's normal form (see `apply`), to tell a changed one.
     pub fingerprint: String,
+    /// The storage it owns (an archive's prefix, an embedded table), if any.
+    pub claim: Option<Claim>,
 }
 
 #[derive(Debug, Clone)]
@@ -322,8 +326,8 @@ impl ConnectorCheck for AnyConnector {
     fn check_source(&self, _: &str, _: &str, _: &Options) -> Result<()> {
         Ok(())
     }
-    fn check_sink(&self, _: &str, _: &str, _: &Options) -> Result<()> {
-        Ok(())
+    fn check_sink(&self, _: &str, _: &str, _: &Options) -> Result<Option<Claim>> {
+        Ok(None)
     }
 }
 

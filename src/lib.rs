@@ -12,6 +12,8 @@
 //!  simulate  devices publishing readings to an MQTT broker (`sluice simulate`): the
 //!            load in front of the MQTT source, outside the pipeline
 //!  aws       how the Kinesis and DynamoDB connectors reach AWS (or an emulator)
+//!  reach     which hosts SQL submitted over HTTP may make the server connect to
+//!            (the operator's allow-lists; below sources and sinks, imports neither)
 //!  tables    embedded alert tables: written by the `table` sink, read by api/
 //!  adhoc     ad hoc SQL over what sinks stored (archives, tables): POST /query,
 //!            `sluice query`
@@ -39,6 +41,7 @@ pub mod decode;
 pub mod engine;
 pub mod error;
 pub mod health;
+pub mod reach;
 pub mod render;
 pub mod runtime;
 pub mod simulate;

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use sluice::catalog::{Catalog, Change};
 use sluice::error::Error;
+use sluice::reach::{AllowList, HostPort};
 use sluice::runtime::{Connectors, Manager, ManagerOptions};
 
 #[derive(Parser)]
@@ -99,6 +100,22 @@ struct ServeArgs {
     /// Memory one ad hoc query may use for sorts, aggregates and joins, MB.
     #[arg(long, env = "SLUICE_ADHOC_MEMORY_MB", default_value_t = 256)]
     adhoc_memory_mb: usize,
+    /// A host SQL submitted over HTTP may name as the `endpoint` of a kinesis or
+    /// dynamodb connector or an S3 archive (with its own credentials); repeatable,
+    /// comma-separated in the variable. None by default. See docs/api.md.
+    #[arg(long, value_name = "HOST[:PORT]", env = "SLUICE_ALLOW_ENDPOINT", value_delimiter = ',', value_parser = host_port)]
+    allow_endpoint: Vec<HostPort>,
+    /// A Redis server SQL submitted over HTTP may write to; repeatable. None by default.
+    #[arg(long, value_name = "HOST[:PORT]", env = "SLUICE_ALLOW_REDIS", value_delimiter = ',', value_parser = host_port)]
+    allow_redis: Vec<HostPort>,
+    /// An MQTT broker SQL submitted over HTTP may read from or publish to;
+    /// repeatable. None by default.
+    #[arg(long, value_name = "HOST[:PORT]", env = "SLUICE_ALLOW_MQTT", value_delimiter = ',', value_parser = host_port)]
+    allow_mqtt: Vec<HostPort>,
+}
+
+fn host_port(s: &str) -> Result<HostPort, String> {
+    HostPort::parse(s)
 }
 
 /// `sluice simulate`; the options are documented in docs/simulate.md.
@@ -336,6 +353,19 @@ fn serve(args: ServeArgs) -> CliResult {
         connectors.sinks.file_root = Some(args.data_dir.clone());
         connectors.sources.data_dir = Some(args.data_dir.clone());
         connectors.sinks.data_dir = Some(args.data_dir.clone());
+        // What SQL from the network may reach; files loaded with --queries reach any host.
+        let list = |l: &[HostPort]| l.iter().map(ToString::to_string).collect::<Vec<_>>();
+        tracing::info!(
+            endpoints = ?list(&args.allow_endpoint),
+            redis = ?list(&args.allow_redis),
+            mqtt = ?list(&args.allow_mqtt),
+            "hosts SQL submitted over HTTP may reach"
+        );
+        connectors.allow(AllowList {
+            endpoints: args.allow_endpoint,
+            redis: args.allow_redis,
+            mqtt: args.allow_mqtt,
+        });
         let manager = Manager::new(ManagerOptions {
             connectors,
             max_queries: args.max_queries,

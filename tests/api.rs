@@ -1030,6 +1030,9 @@ async fn websocket_client_that_stops_reading_is_dropped_and_the_query_goes_on() 
     )
     .await;
 
+    // It reads again only after a while, longer than a send may block (issue 12: the
+    // close frame used to be given up on after 5 s, and the client saw 1006).
+    tokio::time::sleep(Duration::from_secs(8)).await;
     // What the client finds when it reads at last: messages in order, then a close
     // with code 1008 (policy: too slow).
     let mut last_seq = 0;
@@ -1068,8 +1071,62 @@ async fn websocket_client_that_stops_reading_is_dropped_and_the_query_goes_on() 
         "{frame:?}"
     );
     assert!(messages > 0);
+    // The client's answer completes the handshake: the server then ends the
+    // connection, cleanly.
+    let end = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("the connection ends after the close handshake");
+    assert!(end.is_none(), "after the close frame: {end:?}");
     assert_eq!(q.status(), QueryStatus::Running);
     api.manager.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_close_from_the_client_is_answered() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let api = Api::new();
+    api.submit_ok(&format!(
+        "{HTTP_STREAM}CREATE QUERY q AS SELECT deviceId FROM r;"
+    ))
+    .await;
+    api.ingest("r", "application/json", r#"[{"deviceId": 1, "ts": 1}]"#)
+        .await;
+    let addr = api.serve().await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/queries/q/ws"))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut ws).await["rows"], json!([{"deviceId": 1}]));
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
+    // The server answers the close frame (RFC 6455, 5.5.1), then the connection ends
+    // cleanly; without the answer the client's library reports 1006.
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => {}
+                other => panic!("the close frame was not answered: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("an answer within 10 s");
+    assert_eq!(answer.map(|f| f.code), Some(CloseCode::Normal));
+    let end = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("the connection ends");
+    assert!(end.is_none(), "after the answer: {end:?}");
+    let q = api.manager.query_state("q").unwrap();
+    eventually(
+        "the server to let go of the client",
+        Duration::from_secs(10),
+        || async { (q.output.subscribers() == 0).then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1552,7 +1609,13 @@ async fn local_sinks_are_idle_until_they_first_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_is_shown_only_while_records_wait_for_a_query() {
-    let api = Api::new();
+    // The SQL arrives over HTTP: the Redis it names must be allowed.
+    let mut options = manager_options();
+    options.connectors.allow(sluice::reach::AllowList {
+        redis: vec![sluice::reach::HostPort::parse("127.0.0.1:1").unwrap()],
+        ..Default::default()
+    });
+    let api = Api::with(options, ApiOptions::default());
     // `slow` writes to a Redis nobody listens on: its sink retries, holding the query,
     // so what is posted next waits in the stream's input. `quiet` reads a stream that
     // got one old record and nothing since.

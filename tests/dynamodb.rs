@@ -31,7 +31,7 @@ use crate::services::Scratch;
 use crate::support::{manager, run_to_end};
 
 /// A DynamoDB client for moto.
-async fn client(moto: &Moto) -> Client {
+pub(crate) async fn client(moto: &Moto) -> Client {
     let c = AwsConnect {
         region: Some("us-east-1".into()),
         endpoint: Some(moto.endpoint()),
@@ -42,7 +42,7 @@ async fn client(moto: &Moto) -> Client {
     Client::new(&c.sdk_config().await)
 }
 
-async fn create_table(
+pub(crate) async fn create_table(
     client: &Client,
     name: &str,
     pk: &str,
@@ -87,7 +87,7 @@ async fn create_table(
 }
 
 /// Every item of a table, following pages.
-async fn scan(client: &Client, table: &str) -> Vec<HashMap<String, AttributeValue>> {
+pub(crate) async fn scan(client: &Client, table: &str) -> Vec<HashMap<String, AttributeValue>> {
     let mut items = Vec::new();
     let mut start: Option<HashMap<String, AttributeValue>> = None;
     loop {

@@ -728,7 +728,7 @@ fn options_via(endpoint: &str) -> String {
 }
 
 /// Every shard's records, read from the start straight from the emulator, in order.
-async fn read_back(client: &Client, stream: &str) -> Vec<(String, Value)> {
+pub(crate) async fn read_back(client: &Client, stream: &str) -> Vec<(String, Value)> {
     let mut got = Vec::new();
     let shards = client
         .list_shards()

@@ -70,6 +70,9 @@ impl Server {
                 "SLUICE_LISTEN",
                 "SLUICE_DATA_DIR",
                 "SLUICE_LOG_FORMAT",
+                "SLUICE_ALLOW_ENDPOINT",
+                "SLUICE_ALLOW_REDIS",
+                "SLUICE_ALLOW_MQTT",
             ] {
                 cmd.env_remove(var);
             }

@@ -12,6 +12,7 @@ mod kinesis;
 mod mosquitto;
 mod moto;
 mod mqtt;
+mod reach;
 mod redis_sink;
 mod seeds;
 mod service;

@@ -4,6 +4,13 @@
 //! more than [`SUBSCRIBER_BUFFER`] messages behind is disconnected (close code 1008),
 //! also while a send to it is stuck because it stopped reading: the query never waits
 //! for a browser. When the query is dropped, its sockets close (code 1000).
+//!
+//! Every session ends with the close handshake: the server's close frame goes out
+//! after what is already on its way (a client that stopped reading gets it when it
+//! reads again, within [`CLOSE_GRACE`]) and the server waits for the client's answer;
+//! a client's own close frame is answered before the connection is let go. So a
+//! client sees the code and reason, never 1006 "closed without a close frame",
+//! unless it stays away longer than the grace.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +25,12 @@ use crate::runtime::manager::{OutputMessage, QueryState, SUBSCRIBER_BUFFER};
 
 /// How often a send the client does not take checks how far behind the client is.
 const LAG_CHECK: Duration = Duration::from_millis(100);
-/// How long the close frame may wait for a client that stopped reading.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long the close handshake may take: the close frame of a client that stopped
+/// reading waits behind what fills its socket buffers until it reads again. Long
+/// enough for a paused tab or a stalled network to come back and learn why it was
+/// dropped; short enough that a client gone for good holds nothing for long (the
+/// query let go of it before: only this task and the socket's buffers wait).
+const CLOSE_GRACE: Duration = Duration::from_secs(30);
 
 pub(super) async fn upgrade(
     State(state): State<AppState>,
@@ -31,7 +42,9 @@ pub(super) async fn upgrade(
 }
 
 enum End {
-    /// The client closed or the connection failed: nothing more to send.
+    /// The client sent its close frame: it gets the answer.
+    ClientClosed,
+    /// The connection failed: nothing more can be sent.
     ClientGone,
     /// So many messages behind.
     TooSlow(u64),
@@ -66,7 +79,8 @@ async fn serve(mut socket: WebSocket, q: Arc<QueryState>) {
                 },
                 // Client messages are ignored; a close or an error ends the session.
                 incoming = socket.recv() => match incoming {
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break 'session End::ClientGone,
+                    Some(Ok(Message::Close(_))) => break 'session End::ClientClosed,
+                    None | Some(Err(_)) => break 'session End::ClientGone,
                     Some(Ok(_)) => {}
                 },
             }
@@ -75,17 +89,35 @@ async fn serve(mut socket: WebSocket, q: Arc<QueryState>) {
     drop(rx);
     let frame = match end {
         End::ClientGone => return,
-        End::TooSlow(n) => CloseFrame {
+        // tungstenite queued the answer when it read the client's frame; it goes out
+        // below, as the socket is read to its end.
+        End::ClientClosed => None,
+        End::TooSlow(n) => Some(CloseFrame {
             code: close_code::POLICY,
             reason: format!("too slow: {n} messages behind").into(),
-        },
-        End::QueryGone => CloseFrame {
+        }),
+        End::QueryGone => Some(CloseFrame {
             code: close_code::NORMAL,
             reason: "the query was dropped".into(),
-        },
+        }),
     };
-    // A client that stopped reading cannot take the frame: bounded.
-    let _ = tokio::time::timeout(CLOSE_GRACE, socket.send(Message::Close(Some(frame)))).await;
+    close(socket, frame).await;
+}
+
+/// The close handshake, bounded by [`CLOSE_GRACE`]: sends `frame` (when the server
+/// closes), then reads until the connection ends. Reading is what flushes the answer
+/// to a client's close frame, and what takes in the client's answer to ours (after
+/// which tungstenite reports the end); messages still arriving are dropped.
+async fn close(mut socket: WebSocket, frame: Option<CloseFrame>) {
+    let handshake = async {
+        if let Some(frame) = frame
+            && socket.send(Message::Close(Some(frame))).await.is_err()
+        {
+            return;
+        }
+        while let Some(Ok(_)) = socket.recv().await {}
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, handshake).await;
 }
 
 /// Sends one message. While the client does not take it (it stopped reading and the

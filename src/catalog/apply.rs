@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use super::{AppDef, Catalog, ConnectorCheck, QueryDef, SinkDef};
 use crate::error::{Error, Position, Result, name_hint};
+use crate::sinks::Claim;
 use crate::sql::planner::StreamInfo;
 use crate::sql::{self, ObjectKind, Options, QueryStatement, Statement};
 
@@ -134,10 +135,19 @@ impl Catalog {
         let statements = sql::parse_application(sql)?;
         let mut next = self.clone();
         let mut changes: Vec<Change> = Vec::with_capacity(statements.len());
+        // Sinks this text (re)defines, with where: their storage is checked once the
+        // text is applied whole, so that a sink renamed in an application (the old
+        // name dropped at the end) does not clash with itself.
+        let mut built: Vec<(String, Position)> = Vec::new();
         for s in statements {
             let change = next
                 .apply_one(s.statement, s.text, scope, connectors)
                 .map_err(|e| e.or_at(s.position))?;
+            if let Change::Created(ObjectKind::Sink, n) | Change::Replaced(ObjectKind::Sink, n) =
+                &change
+            {
+                built.push((n.clone(), s.position));
+            }
             changes.push(change);
         }
         if let Scope::Application(app) = scope {
@@ -148,6 +158,7 @@ impl Catalog {
                 .collect();
             changes.extend(next.drop_unlisted(app, &listed)?);
         }
+        next.check_claims(&built)?;
         next.replan_after(&changes)?;
         if let Some(app) = scope.app() {
             let def = next
@@ -195,6 +206,46 @@ impl Catalog {
             }
         }
         Ok(changes)
+    }
+
+    /// No sink just (re)defined may write storage another sink writes: one archive
+    /// inside another's prefix, or a table another table sink writes.
+    fn check_claims(&self, built: &[(String, Position)]) -> Result<()> {
+        for (name, at) in built {
+            let Some(claim) = self.sinks.get(name).and_then(|d| d.claim.as_ref()) else {
+                continue;
+            };
+            let clash = self.sinks.values().find_map(|other| {
+                let theirs = other.claim.as_ref().filter(|_| &other.name != name)?;
+                claim.overlap(theirs).map(|how| (other, theirs, how))
+            });
+            if let Some((other, theirs, how)) = clash {
+                let owner = match &other.app {
+                    Some(a) => format!("sink '{}' (application '{a}')", other.name),
+                    None => format!("sink '{}'", other.name),
+                };
+                let message = match claim {
+                    Claim::Prefix { .. } => format!(
+                        "sink '{name}' would write {}, {how} {} of {owner}: two archives may \
+                         not share a prefix (each would read the other's objects as its own, so \
+                         rows written to one would show in the other); give this sink another \
+                         'path' or 'url', or send every query INTO sink '{}'",
+                        claim.describe(),
+                        theirs.describe(),
+                        other.name
+                    ),
+                    Claim::Table(_) => format!(
+                        "sink '{name}' would write {}, which {owner} writes: two table sinks may \
+                         not write one table (their items would mix); give this sink another \
+                         'table', or send every query INTO sink '{}'",
+                        claim.describe(),
+                        other.name
+                    ),
+                };
+                return Err(Error::conflict_at(message, *at));
+            }
+        }
+        Ok(())
     }
 
     /// The names of the objects of one kind that belong to `app`.
@@ -322,7 +373,7 @@ impl Catalog {
                 };
                 let mut options = s.options;
                 let connector = options.require_string("connector", "CREATE SINK")?;
-                connectors
+                let claim = connectors
                     .check_sink(&name, &connector, &options)
                     .map_err(|e| e.or_at(s.position))?;
                 // Keep only the connector's own keys for the runtime.
@@ -336,6 +387,7 @@ impl Catalog {
                         options,
                         app: owner.or(app),
                         fingerprint: form,
+                        claim,
                     },
                 );
                 Ok(made(replaced, ObjectKind::Sink, name))

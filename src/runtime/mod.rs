@@ -28,7 +28,8 @@ use crate::decode::{Chunk, Decoded, JsonDecoder};
 use crate::engine::watermark::WatermarkTracker;
 use crate::engine::{Emitted, Query};
 use crate::error::{Error, RecordError, Result};
-use crate::sinks::{self, SinkContext};
+use crate::reach::AllowList;
+use crate::sinks::{self, Claim, SinkContext};
 use crate::sources::{self, SourceContext};
 use crate::sql::Options;
 use crate::sql::planner::ARRIVAL_TIME;
@@ -84,12 +85,21 @@ impl Connectors {
         Ok(())
     }
 
-    /// The same connectors, refusing local files.
+    /// The same connectors for SQL from the network: refusing local files, and
+    /// reaching only the hosts the operator allowed (see [`crate::reach`]).
     pub fn untrusted(&self) -> Self {
-        Connectors {
-            deny_files: true,
-            ..self.clone()
-        }
+        let mut c = self.clone();
+        c.deny_files = true;
+        c.sources.reach.restricted = true;
+        c.sinks.reach.restricted = true;
+        c
+    }
+
+    /// Sets the hosts SQL from the network may reach (`sluice serve --allow-…`).
+    pub fn allow(&mut self, list: AllowList) {
+        let list = Arc::new(list);
+        self.sources.reach.allow = Arc::clone(&list);
+        self.sinks.reach.allow = list;
     }
 }
 
@@ -102,12 +112,12 @@ impl ConnectorCheck for Connectors {
             sources::build(name, connector, o, &self.sources).map(|_| ())
         })
     }
-    fn check_sink(&self, name: &str, connector: &str, options: &Options) -> Result<()> {
+    fn check_sink(&self, name: &str, connector: &str, options: &Options) -> Result<Option<Claim>> {
         self.check_files(connector, options)?;
         let mut o = options.clone();
         o.take("connector");
         o.parse_connector(&format!("sink connector '{connector}'"), |o| {
-            sinks::build(name, connector, o, &self.sinks).map(|_| ())
+            sinks::build(name, connector, o, &self.sinks).map(|s| s.claim())
         })
     }
 }

@@ -58,11 +58,12 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{Sink, SinkContext};
+use super::{Claim, Sink, SinkContext};
 use crate::aws::AwsConnect;
 use crate::clock::now_ms;
 use crate::error::{Error, Result};
 use crate::health::{Backoff, Health};
+use crate::reach::Deferred;
 use crate::render::{TimestampFormat, json_lines};
 use crate::sources::resolve_path;
 use crate::sql::Options;
@@ -186,6 +187,11 @@ pub struct ArchiveConfig {
     pub location: Location,
     /// What to show operators (`s3://bucket/prefix`, a directory).
     pub describe: String,
+    /// Which store the prefix is in, for telling overlapping archives apart
+    /// (`file`, `s3://bucket`, `s3://bucket at <endpoint>`, `gs://bucket`, …).
+    pub store: String,
+    /// Why SQL from the network may not write this store (see [`AwsConnect`]).
+    pub refused: Deferred,
     pub format: Format,
     /// `timestamp_format` of JSON-lines archives (Parquet keeps timestamps typed).
     pub timestamps: TimestampFormat,
@@ -202,14 +208,17 @@ impl ArchiveConfig {
         // unless the environment names a store".
         let url = o.take("url").filter(|v| !v.value.trim().is_empty());
         let path = o.take("path").filter(|v| !v.value.trim().is_empty());
-        let (location, describe) = match (url, path) {
+        let mut refused = Deferred::default();
+        let (location, describe, store) = match (url, path) {
             (Some(_), Some(p)) => {
                 return Err(Error::user_at(
                     "give either 'url' or 'path', not both",
                     p.position,
                 ));
             }
-            (Some(u), None) => remote(u.value.trim(), o, ctx).map_err(|e| e.or_at(u.position))?,
+            (Some(u), None) => {
+                remote(u.value.trim(), o, ctx, &mut refused).map_err(|e| e.or_at(u.position))?
+            }
             (None, path) => {
                 let dir = match (path, &ctx.data_dir) {
                     (Some(p), _) => resolve_path(p.value.trim(), ctx.file_root.as_ref())
@@ -224,7 +233,7 @@ impl ArchiveConfig {
                         ));
                     }
                 };
-                local(dir)?
+                local(&dir)?
             }
         };
         let format = match o.take("format") {
@@ -317,6 +326,8 @@ impl ArchiveConfig {
             name: name.to_string(),
             location,
             describe,
+            store,
+            refused,
             format,
             timestamps,
             flush_bytes: (flush_mb * 1024.0 * 1024.0) as usize,
@@ -327,9 +338,13 @@ impl ArchiveConfig {
     }
 }
 
-fn local(dir: PathBuf) -> Result<(Location, String)> {
-    let abs = std::path::absolute(&dir)
+/// A local directory: `(location, describe, store)`.
+fn local(dir: &std::path::Path) -> Result<(Location, String, String)> {
+    let abs = std::path::absolute(dir)
         .map_err(|e| Error::user(format!("archive path '{}': {e}", dir.display())))?;
+    // `a/../b` is `b`: written out, so that two spellings of one directory are seen to
+    // be one archive (links are not followed: a link is the operator's doing).
+    let abs = lexically_normal(&abs);
     let prefix = ObjPath::from_absolute_path(&abs)
         .map_err(|e| Error::user(format!("archive path '{}': {e}", abs.display())))?;
     Ok((
@@ -339,10 +354,33 @@ fn local(dir: PathBuf) -> Result<(Location, String)> {
             prefix,
         },
         abs.display().to_string(),
+        "file".to_string(),
     ))
 }
 
-fn remote(url: &str, o: &mut Options, ctx: &SinkContext) -> Result<(Location, String)> {
+/// A path with `.` and `..` resolved by name alone.
+fn lexically_normal(path: &std::path::Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// A store URL: `(location, describe, store)`.
+fn remote(
+    url: &str,
+    o: &mut Options,
+    ctx: &SinkContext,
+    refused: &mut Deferred,
+) -> Result<(Location, String, String)> {
     let (scheme, rest) = url.split_once("://").ok_or_else(|| {
         Error::user(format!(
             "option 'url' must look like s3://bucket/prefix (or gs://, az://), got '{url}'"
@@ -357,9 +395,18 @@ fn remote(url: &str, o: &mut Options, ctx: &SinkContext) -> Result<(Location, St
     let prefix = ObjPath::parse(prefix.trim_matches('/'))
         .map_err(|e| Error::user(format!("option 'url': bad prefix: {e}")))?;
     let root_url = format!("{scheme}://{bucket}");
+    // One store whatever the scheme's spelling; an S3 bucket of the same name on
+    // another endpoint is another store.
+    let family = match scheme {
+        "s3a" => "s3",
+        "abfs" | "abfss" => "az",
+        other => other,
+    };
+    let mut store_id = format!("{family}://{bucket}");
     let store: Arc<dyn ObjectStore> = match scheme {
         "s3" | "s3a" => {
-            let aws = AwsConnect::from_options(o, ctx.file_root.as_ref())?;
+            let aws = AwsConnect::from_options(o, ctx.file_root.as_ref(), &ctx.reach)?;
+            *refused = aws.refused.clone();
             if aws.profile.is_some() {
                 return Err(Error::user(
                     "the archive sink does not read AWS profiles: use AWS_* environment \
@@ -372,6 +419,7 @@ fn remote(url: &str, o: &mut Options, ctx: &SinkContext) -> Result<(Location, St
                 b = b.with_region(r);
             }
             if let Some(e) = &aws.endpoint {
+                store_id = format!("{store_id} at {e}");
                 b = b
                     .with_endpoint(e)
                     .with_allow_http(e.starts_with("http://"))
@@ -391,10 +439,16 @@ fn remote(url: &str, o: &mut Options, ctx: &SinkContext) -> Result<(Location, St
                 b = b.with_client_options(client);
             }
             if let (Some(k), Some(s)) = (&aws.access_key_id, &aws.secret_access_key) {
-                b = b.with_access_key_id(k).with_secret_access_key(s);
-                if let Some(t) = &aws.session_token {
-                    b = b.with_token(t);
-                }
+                // The SQL's credentials whole: set key by key, a session token in the
+                // server's environment (AWS_SESSION_TOKEN, read by from_env) would go
+                // out with them, to whatever endpoint the SQL named.
+                b = b.with_credentials(Arc::new(object_store::StaticCredentialProvider::new(
+                    object_store::aws::AwsCredential {
+                        key_id: k.clone(),
+                        secret_key: s.clone(),
+                        token: aws.session_token.clone(),
+                    },
+                )));
             }
             Arc::new(
                 b.build()
@@ -427,6 +481,7 @@ fn remote(url: &str, o: &mut Options, ctx: &SinkContext) -> Result<(Location, St
             prefix,
         },
         url.to_string(),
+        store_id,
     ))
 }
 
@@ -445,6 +500,8 @@ impl ArchiveSink {
     pub fn from_options(name: &str, mut o: Options, ctx: &SinkContext) -> Result<Self> {
         let config = ArchiveConfig::from_options(name, &mut o, ctx)?;
         o.finish("sink connector 'archive'")?;
+        // Refusals of an S3 endpoint, raised once every option was read.
+        config.refused.raise()?;
         Ok(ArchiveSink {
             config: Arc::new(config),
             health: Arc::new(Health::idle()),
@@ -513,6 +570,20 @@ impl Sink for ArchiveSink {
 
     fn health(&self) -> Option<Arc<Health>> {
         Some(Arc::clone(&self.health))
+    }
+
+    fn claim(&self) -> Option<Claim> {
+        Some(Claim::Prefix {
+            store: self.config.store.clone(),
+            prefix: self
+                .config
+                .location
+                .prefix
+                .parts()
+                .map(|p| p.as_ref().to_string())
+                .collect(),
+            describe: self.config.describe.clone(),
+        })
     }
 }
 

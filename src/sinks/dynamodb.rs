@@ -55,9 +55,10 @@ pub struct DynamoDbSink {
 
 impl DynamoDbSink {
     pub fn from_options(mut o: Options, ctx: &SinkContext) -> Result<Self> {
-        let connect = AwsConnect::from_options(&mut o, ctx.file_root.as_ref())?;
+        let connect = AwsConnect::from_options(&mut o, ctx.file_root.as_ref(), &ctx.reach)?;
         let spec = ItemSpec::from_options(&mut o, "dynamodb")?;
         o.finish("sink connector 'dynamodb'")?;
+        connect.refused.raise()?;
         Ok(DynamoDbSink {
             spec,
             connect,

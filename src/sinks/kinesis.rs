@@ -70,7 +70,7 @@ struct Entry {
 impl KinesisSink {
     pub fn from_options(mut o: Options, ctx: &SinkContext) -> Result<Self> {
         let at = o.position;
-        let connect = AwsConnect::from_options(&mut o, ctx.file_root.as_ref())?;
+        let connect = AwsConnect::from_options(&mut o, ctx.file_root.as_ref(), &ctx.reach)?;
         let stream = o.take("stream").ok_or_else(|| {
             Error::user_at(
                 "the kinesis sink needs option 'stream': the stream's name or ARN",
@@ -88,6 +88,7 @@ impl KinesisSink {
             .map_err(|e| Error::user_at(e, key.position))?;
         let timestamps = take_timestamp_format(&mut o)?;
         o.finish("sink connector 'kinesis'")?;
+        connect.refused.raise()?;
         Ok(KinesisSink {
             connect,
             stream: stream.value.trim().to_string(),

@@ -25,6 +25,7 @@ use futures::future::BoxFuture;
 
 use crate::error::{Error, Result};
 use crate::health::Health;
+use crate::reach::Reach;
 use crate::render::TimestampFormat;
 use crate::sql::Options;
 
@@ -41,6 +42,72 @@ pub trait Sink: Send {
     fn health(&self) -> Option<Arc<Health>> {
         None
     }
+
+    /// The storage this sink writes that no other sink may write too (checked by
+    /// the catalog at CREATE SINK); `None` for sinks that own none.
+    fn claim(&self) -> Option<Claim> {
+        None
+    }
+}
+
+/// Storage a sink owns. Two archives under one prefix would each take the other's
+/// objects for their own (ad hoc SQL reads everything under an archive's prefix), so
+/// one sink could put rows into another's table; two table sinks on one embedded
+/// table would mix their items. Many queries may still write one sink: `INSERT INTO`
+/// it from each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Objects under `prefix` (path segments) of the store `store` (`file`,
+    /// `s3://bucket`, `s3://bucket at <endpoint>`, `gs://bucket`, `az://container`).
+    Prefix {
+        store: String,
+        prefix: Vec<String>,
+        /// The location as the user knows it (a directory, a URL).
+        describe: String,
+    },
+    /// An embedded table, by name.
+    Table(String),
+}
+
+impl Claim {
+    /// How `self` stands to `other`: `None` when they are apart, else the words for
+    /// it ("the same location as", "inside", "containing").
+    pub fn overlap(&self, other: &Claim) -> Option<&'static str> {
+        match (self, other) {
+            (
+                Claim::Prefix {
+                    store: a,
+                    prefix: p,
+                    ..
+                },
+                Claim::Prefix {
+                    store: b,
+                    prefix: q,
+                    ..
+                },
+            ) if a == b => {
+                if p == q {
+                    Some("the same location as")
+                } else if p.starts_with(q) {
+                    Some("inside")
+                } else if q.starts_with(p) {
+                    Some("containing")
+                } else {
+                    None
+                }
+            }
+            (Claim::Table(a), Claim::Table(b)) if a == b => Some("the same table as"),
+            _ => None,
+        }
+    }
+
+    /// What the sink writes, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Claim::Prefix { describe, .. } => format!("the archive at {describe}"),
+            Claim::Table(t) => format!("the embedded table '{t}'"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -50,6 +117,8 @@ pub struct SinkContext {
     /// The server's data directory, for what a sink stores locally (archives,
     /// embedded tables); `None` for `sluice run`.
     pub data_dir: Option<PathBuf>,
+    /// The hosts the sink may connect to (all, unless the SQL came over HTTP).
+    pub reach: Reach,
 }
 
 pub const CONNECTORS: [&str; 8] = [
@@ -76,7 +145,7 @@ pub fn build(
         "file" => Ok(Box::new(file::FileSink::from_options(options, ctx)?)),
         "kinesis" => Ok(Box::new(kinesis::KinesisSink::from_options(options, ctx)?)),
         "mqtt" => Ok(Box::new(mqtt::MqttSink::from_options(options, ctx)?)),
-        "redis" => Ok(Box::new(redis::RedisSink::from_options(options)?)),
+        "redis" => Ok(Box::new(redis::RedisSink::reaching(options, &ctx.reach)?)),
         "stdout" => Ok(Box::new(stdout::StdoutSink::from_options(options)?)),
         "table" => Ok(Box::new(table::TableSink::from_options(options, ctx)?)),
         other => Err(Error::user(format!(

@@ -78,7 +78,13 @@ struct Connection {
 impl MqttSink {
     pub fn from_options(mut o: Options, ctx: &SinkContext) -> Result<Self> {
         let at = o.position;
-        let connect = MqttConnect::from_options(&mut o, ctx.file_root.as_ref(), "sink", 16 << 20)?;
+        let connect = MqttConnect::from_options(
+            &mut o,
+            ctx.file_root.as_ref(),
+            &ctx.reach,
+            "sink",
+            16 << 20,
+        )?;
         let topic = o.take("topic").ok_or_else(|| {
             Error::user_at(
                 "the mqtt sink needs option 'topic', e.g. 'alerts/{deviceId}'",
@@ -90,6 +96,7 @@ impl MqttSink {
         let retain = o.take_bool("retain")?.unwrap_or(false);
         let timestamps = take_timestamp_format(&mut o)?;
         o.finish("sink connector 'mqtt'")?;
+        connect.refused.raise()?;
         Ok(MqttSink {
             connect,
             topic: template,

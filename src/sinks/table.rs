@@ -20,7 +20,7 @@ use datafusion::arrow::array::RecordBatch;
 use futures::future::BoxFuture;
 
 use super::items::ItemSpec;
-use super::{Sink, SinkContext};
+use super::{Claim, Sink, SinkContext};
 use crate::error::{Error, Result};
 use crate::health::Health;
 use crate::sql::Options;
@@ -78,5 +78,9 @@ impl Sink for TableSink {
 
     fn health(&self) -> Option<Arc<Health>> {
         Some(Arc::clone(&self.health))
+    }
+
+    fn claim(&self) -> Option<Claim> {
+        Some(Claim::Table(self.spec.table.clone()))
     }
 }

@@ -157,7 +157,7 @@ impl KinesisSource {
     /// `name` is the Sluice stream's: the default consumer (checkpoint) name.
     pub fn from_options(name: &str, mut o: Options, ctx: &SourceContext) -> Result<Self> {
         let at = o.position;
-        let connect = AwsConnect::from_options(&mut o, ctx.file_root.as_ref())?;
+        let connect = AwsConnect::from_options(&mut o, ctx.file_root.as_ref(), &ctx.reach)?;
         let stream_opt = o.take("stream").ok_or_else(|| {
             Error::user_at(
                 "the kinesis source needs option 'stream': the stream's name or ARN",
@@ -282,6 +282,7 @@ impl KinesisSource {
             },
         };
         o.finish("source connector 'kinesis'")?;
+        connect.refused.raise()?;
         Ok(KinesisSource {
             connect,
             stream,

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use crate::decode::Chunk;
 use crate::error::{Error, RecordError, Result};
 use crate::health::Health;
+use crate::reach::Reach;
 use crate::sql::Options;
 
 /// What a source hands the stream: a chunk, and optionally who waits to hear how it
@@ -76,6 +77,8 @@ pub struct SourceContext {
     /// The server's data directory, for state a source keeps across restarts
     /// (checkpoints); `None` for `sluice run`, which keeps none.
     pub data_dir: Option<PathBuf>,
+    /// The hosts the source may connect to (all, unless the SQL came over HTTP).
+    pub reach: Reach,
 }
 
 /// The source connectors, by name.

@@ -35,6 +35,7 @@ use crate::clock::now_ms;
 use crate::decode::{ChunkMeta, MetaValues, append_records};
 use crate::error::{Error, RecordError, RecordErrorKind, Result};
 use crate::health::{Backoff, Health};
+use crate::reach::{Deferred, Reach, Service};
 use crate::sql::Options;
 
 /// What `METADATA` columns of an MQTT stream may read.
@@ -64,6 +65,9 @@ pub struct MqttConnect {
     /// Largest packet accepted from the broker; a bigger one breaks the connection
     /// (rumqttc's rule), so it is kept well above `max_payload_bytes`.
     pub max_packet_bytes: usize,
+    /// Why SQL from the network may not use this broker: raised by the source or
+    /// sink once it has read all its options.
+    pub refused: Deferred,
 }
 
 /// `mqtts://`: the CA to trust (system roots when absent) and an optional client
@@ -82,6 +86,7 @@ impl MqttConnect {
     pub fn from_options(
         o: &mut Options,
         file_root: Option<&PathBuf>,
+        reach: &Reach,
         role: &str,
         max_packet_bytes: usize,
     ) -> Result<Self> {
@@ -96,6 +101,17 @@ impl MqttConnect {
             )
         })?;
         let parsed = parse_url(&url.value).map_err(|e| Error::user_at(e, url.position))?;
+        // The host as rumqttc will be given it, so what is checked is what connects.
+        let default_port = if parsed.tls { 8883 } else { 1883 };
+        let mut refused = Deferred::default();
+        refused.keep(reach.check(
+            Service::Mqtt,
+            "url",
+            &parsed.host,
+            parsed.port,
+            default_port,
+            url.position,
+        ))?;
         let username = o.take_string("username").or(parsed.username);
         let password = o.take_string("password").or(parsed.password);
         let explicit_id = o.take_string("client_id");
@@ -156,6 +172,7 @@ impl MqttConnect {
             clean_session,
             keep_alive,
             max_packet_bytes,
+            refused,
         })
     }
 
@@ -339,8 +356,13 @@ impl MqttSource {
         // Packets up to 4x the payload limit (at least 16 MiB) are read and then
         // refused as records; only bigger ones break the connection.
         let max_packet = (max_payload_bytes.saturating_mul(4)).max(16 << 20);
-        let connect =
-            MqttConnect::from_options(&mut o, ctx.file_root.as_ref(), "source", max_packet)?;
+        let connect = MqttConnect::from_options(
+            &mut o,
+            ctx.file_root.as_ref(),
+            &ctx.reach,
+            "source",
+            max_packet,
+        )?;
         let topics = o.take("topics").ok_or_else(|| {
             Error::user_at(
                 "the mqtt source needs option 'topics': one or more topic filters, comma-separated \
@@ -373,6 +395,7 @@ impl MqttSource {
         }
         let qos = parse_qos(&mut o)?;
         o.finish("source connector 'mqtt'")?;
+        connect.refused.raise()?;
         Ok(MqttSource {
             connect,
             filters,

@@ -47,6 +47,7 @@ use self::render::{Chunk, Limits, MIN_KEY_BYTES, Plan};
 use super::Sink;
 use crate::error::{Error, Result};
 use crate::health::{Backoff, Health};
+use crate::reach::{Reach, Service};
 use crate::sql::Options;
 
 /// Longest wait between two attempts while Redis is unreachable.
@@ -86,7 +87,13 @@ pub struct RedisSink {
 }
 
 impl RedisSink {
-    pub fn from_options(mut o: Options) -> Result<Self> {
+    /// A sink that may reach any Redis (SQL the operator wrote).
+    pub fn from_options(o: Options) -> Result<Self> {
+        Self::reaching(o, &Reach::default())
+    }
+
+    /// A sink whose `url` must be a Redis `reach` allows.
+    pub fn reaching(mut o: Options, reach: &Reach) -> Result<Self> {
         let url = o
             .take("url")
             .ok_or_else(|| Error::user_at("the redis sink needs option 'url'", o.position))?;
@@ -116,6 +123,26 @@ impl RedisSink {
         let pipeline_commands = take_at_least(&mut o, "pipeline_commands", 4096, 1)?;
         let timestamps = super::take_timestamp_format(&mut o)?;
         o.finish("sink connector 'redis'")?;
+        // The address as the client parsed it: what is checked is what connects.
+        // Checked once every option was read (see `Deferred`).
+        match client.get_connection_info().addr() {
+            redis::ConnectionAddr::Tcp(host, port)
+            | redis::ConnectionAddr::TcpTls { host, port, .. } => {
+                reach.check(Service::Redis, "url", host, *port, 6379, url.position)?;
+            }
+            redis::ConnectionAddr::Unix(path) if reach.restricted => {
+                return Err(Error::user_at(
+                    format!(
+                        "option 'url' names the local socket '{}', which SQL submitted over \
+                         HTTP may not use (it is a file of this server); use a redis:// URL the \
+                         server allows (--allow-redis), or load the SQL from a --queries file",
+                        path.display()
+                    ),
+                    url.position,
+                ));
+            }
+            _ => {}
+        }
         Ok(RedisSink {
             client,
             specs,
