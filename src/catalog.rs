@@ -31,6 +31,11 @@ pub trait ConnectorCheck {
     fn check_source(&self, name: &str, connector: &str, options: &Options) -> Result<()>;
     /// Also returns the storage the sink would own, which no other sink may share.
     fn check_sink(&self, name: &str, connector: &str, options: &Options) -> Result<Option<Claim>>;
+    /// Whether these checks are those of SQL that came over HTTP (what is created
+    /// under them remembers it, so a restart checks it the same way again).
+    fn is_network(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +54,8 @@ pub struct StreamDef {
     /// The connector's own options.
     pub options: Options,
     pub info: Arc<StreamInfo>,
+    /// Created by SQL that came over HTTP: restored under the same rules.
+    pub from_network: bool,
     /// The application it belongs to, if any.
     pub app: Option<String>,
     /// Its definition's normal form (see `apply`), to tell a changed one.
@@ -75,6 +82,8 @@ pub struct SinkDef {
     pub sql: String,
     pub connector: String,
     pub options: Options,
+    /// Created by SQL that came over HTTP: restored under the same rules.
+    pub from_network: bool,
     /// The application it belongs to, if any.
     pub app: Option<String>,
     /// Its definition's normal form (see `apply`), to tell a changed one.
@@ -292,6 +301,7 @@ impl Catalog {
             connector,
             options,
             info,
+            from_network: connectors.is_network(),
             app: None,
             fingerprint: String::new(),
         })

@@ -603,3 +603,50 @@ async fn archives_and_tables_of_two_sinks_may_not_overlap() {
         "{stderr}"
     );
 }
+
+/// What came over HTTP is restored under the rules of HTTP: a Redis sink accepted
+/// while its host was allowed is skipped (kept, with why) after a restart without
+/// that allowance.
+#[test]
+fn a_restart_checks_what_came_over_http_against_the_lists_of_that_start() {
+    let redis = RedisServer::start();
+    let addr = redis.url().trim_start_matches("redis://").to_string();
+    let dir = scratch("reach-restart");
+    let data = data_arg(&dir);
+    let mut first = Server::start(
+        &dir,
+        "first",
+        &["--data-dir", &data, "--allow-redis", &addr],
+        &[],
+    );
+    let r = submit(
+        &first,
+        &format!(
+            "{SIM}CREATE SINK r1 WITH (connector = 'redis', url = '{}', commands = 'SET x {{temperature}}');\n\
+             CREATE QUERY q1 AS INSERT INTO r1 SELECT * FROM sim;",
+            redis.url()
+        ),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let (status, _) = first.terminate();
+    assert!(status.success());
+
+    let second = Server::start(&dir, "second", &["--data-dir", &data], &[]);
+    let apps = second.get_json("/applications");
+    let skipped: Vec<(&str, &str)> = apps["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["kind"].as_str().unwrap(), s["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(skipped, [("sink", "r1"), ("query", "q1")], "{apps}");
+    assert!(
+        apps["skipped"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("--allow-redis"),
+        "{apps}"
+    );
+    // The stream, which reaches nothing, is back and running queries may use it.
+    assert_eq!(second.get("/streams/sim").status, 200);
+}

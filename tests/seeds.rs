@@ -327,7 +327,7 @@ async fn seed000_count_latest_and_notification() {
         .await
         .unwrap();
     let latest: Value = serde_json::from_str(&latest).unwrap();
-    assert_eq!(latest, json!({"deviceId": "s4", "temperature": 249.0}));
+    assert_eq!(latest, json!({"deviceId": "s4", "temperature": 249}));
     let mut messages = pubsub.on_message();
     let msg = tokio::time::timeout(
         Duration::from_secs(5),
@@ -358,6 +358,6 @@ async fn seed000_count_latest_and_notification() {
     .unwrap();
     assert_eq!(
         rows,
-        json!([{"n": 250, "devices": 5, "t": (0..250).sum::<i64>() as f64, "stamped": 250}])
+        json!([{"n": 250, "devices": 5, "t": (0..250).sum::<i64>(), "stamped": 250}])
     );
 }

@@ -1,7 +1,8 @@
 //! A stream whose run fails says so and comes back: its queries are `failed` with
 //! the reason (never `running` or `finished`), its open windows are not emitted as if
 //! the input had ended, and when trying again may help (a file, a broker, a store) it
-//! starts again with backoff, counted in `restarts` — through the real manager.
+//! starts again with backoff, counted in `restarts`; and queries applied together on
+//! one short input all start before it is read — through the real manager.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -76,4 +77,49 @@ async fn a_stream_whose_source_fails_is_failed_then_starts_again_with_backoff() 
         rows,
         vec![serde_json::json!({"id": 1}), serde_json::json!({"id": 2})]
     );
+}
+
+/// Queries of one application on one short input start in the same run, before the
+/// source reads: each sees every record (started one by one, the second could join
+/// after a small file had been read to its end, and see nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_applied_together_on_one_file_all_see_every_record() {
+    let dir = Scratch::new("supervision_together");
+    let input = dir.path().join("in.jsonl");
+    let lines: String = (0..200).map(|i| format!("{{\"id\": {i}}}\n")).collect();
+    std::fs::write(&input, lines).unwrap();
+    for round in 0..5 {
+        let m = manager(None);
+        let outs: Vec<_> = (0..3)
+            .map(|i| dir.path().join(format!("out-{round}-{i}.jsonl")))
+            .collect();
+        let mut sql = format!(
+            "CREATE STREAM r (id INT) WITH (connector = 'file', path = '{}');\n",
+            input.display()
+        );
+        for (i, out) in outs.iter().enumerate() {
+            sql.push_str(&format!(
+                "CREATE SINK s{i} WITH (connector = 'file', path = '{}');\n\
+                 CREATE QUERY q{i} AS INSERT INTO s{i} SELECT id FROM r;\n",
+                out.display()
+            ));
+        }
+        m.apply(&sql).unwrap();
+        for i in 0..3 {
+            let q = m.query_state(&format!("q{i}")).unwrap();
+            wait_for("the query to finish", Duration::from_secs(20), || {
+                q.status() == QueryStatus::Finished
+            })
+            .await;
+        }
+        m.shutdown(Duration::from_secs(5)).await;
+        for out in &outs {
+            assert_eq!(
+                read_lines(out).len(),
+                200,
+                "round {round}: {}",
+                out.display()
+            );
+        }
+    }
 }

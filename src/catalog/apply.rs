@@ -385,6 +385,7 @@ impl Catalog {
                         sql: text,
                         connector,
                         options,
+                        from_network: connectors.is_network(),
                         app: owner.or(app),
                         fingerprint: form,
                         claim,

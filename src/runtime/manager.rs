@@ -405,7 +405,10 @@ impl Manager {
             return Ok(0);
         };
         let mut inner = self.lock();
-        let (catalog, skipped) = persisted.restore(&self.options.connectors);
+        let (catalog, skipped) = persisted.restore(
+            &self.options.connectors,
+            &self.options.connectors.untrusted(),
+        );
         for s in &skipped {
             tracing::warn!(
                 kind = %s.kind, name = %s.name, "the persisted catalog's entry no longer applies, \
@@ -415,21 +418,21 @@ impl Manager {
         }
         inner.catalog = catalog;
         inner.skipped = skipped;
-        let mut running = 0;
+        let mut to_start = Vec::new();
         for q in &persisted.queries {
             if !inner.catalog.queries.contains_key(&q.name) {
                 continue;
             }
             self.register_query(&mut inner, &q.name);
             if q.running {
-                if let Err(e) = self.start_locked(&mut inner, &q.name) {
-                    inner.queries[&q.name].set_status(QueryStatus::Failed(e.to_string()));
-                    continue;
-                }
-                running += 1;
+                to_start.push(q.name.clone());
             }
         }
-        Ok(running)
+        let failed = self.start_many(&mut inner, &to_start);
+        for (name, e) in &failed {
+            inner.queries[name].set_status(QueryStatus::Failed(e.to_string()));
+        }
+        Ok(to_start.len() - failed.len())
     }
 
     /// Applies statements from a trusted place (`sluice run`, tests): all-or-nothing,
@@ -573,10 +576,9 @@ impl Manager {
         for name in &starts {
             self.register_query(&mut inner, name);
         }
-        for name in starts.iter().chain(&restart) {
-            if let Err(e) = self.start_locked(&mut inner, name) {
-                inner.queries[name].set_status(QueryStatus::Failed(e.to_string()));
-            }
+        let all: Vec<String> = starts.iter().chain(&restart).cloned().collect();
+        for (name, e) in self.start_many(&mut inner, &all) {
+            inner.queries[&name].set_status(QueryStatus::Failed(e.to_string()));
         }
         if let Some(app) = app {
             if changes.iter().all(|c| matches!(c, Change::Dropped(..)))
@@ -672,9 +674,97 @@ impl Manager {
     }
 
     fn start_locked(self: &Arc<Self>, inner: &mut Inner, name: &str) -> Result<()> {
+        match self.start_many(inner, &[name.to_string()]).pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts queries (those not running yet); returns the ones that could not start,
+    /// with why. Queries of one stream that has no run start together, in the same
+    /// new run, before its source reads anything: started one by one, a short input
+    /// (a file) could be read to its end before the second query joined.
+    fn start_many(self: &Arc<Self>, inner: &mut Inner, names: &[String]) -> Vec<(String, Error)> {
+        let mut failed = Vec::new();
+        // Per stream, in the order first named: the queries to attach.
+        let mut groups: Vec<(String, Vec<Attached>)> = Vec::new();
+        for name in names {
+            match self.prepare(inner, name) {
+                Ok(None) => {}
+                Ok(Some((stream, attached))) => {
+                    match groups.iter_mut().find(|(s, _)| *s == stream) {
+                        Some((_, list)) => list.push(attached),
+                        None => groups.push((stream, vec![attached])),
+                    }
+                }
+                Err(e) => failed.push((name.clone(), e)),
+            }
+        }
+        for (stream, mut list) in groups {
+            let run_alive = inner
+                .streams
+                .get(&stream)
+                .is_some_and(|r| !r.task.is_finished());
+            if run_alive {
+                let mut rest = Vec::new();
+                for a in list {
+                    let run = &inner.streams[&stream];
+                    match run.control.send(Control::Attach(Box::new(a))) {
+                        Ok(()) => {}
+                        // The task is gone but not yet reaped. A run whose input ended
+                        // (the task said `ended` before it let go of its control
+                        // channel) gives way to a new one. Any other end is a failure
+                        // (its source failed, or it panicked), which the supervisor
+                        // handles once it gets this lock: the query, already
+                        // `running`, fails and starts again with the others.
+                        Err(mpsc::error::SendError(Control::Attach(a))) => {
+                            if *run.state.status.lock().expect("lock") == "ended" {
+                                rest.push(*a);
+                            }
+                        }
+                        Err(_) => unreachable!("only Attach was sent"),
+                    }
+                }
+                if rest.is_empty() {
+                    continue;
+                }
+                inner.streams.remove(&stream);
+                list = rest;
+            }
+            let def = inner.catalog.streams[&stream].clone();
+            let states: Vec<(String, Arc<QueryState>)> = list
+                .iter()
+                .map(|a| (a.name.clone(), Arc::clone(&a.state)))
+                .collect();
+            match self.spawn_stream(&def, list) {
+                Ok(run) => {
+                    inner
+                        .stream_states
+                        .insert(stream.clone(), Arc::clone(&run.state));
+                    inner.streams.insert(stream, run);
+                }
+                Err(e) => {
+                    for (name, state) in states {
+                        state.set_status(QueryStatus::Stopped);
+                        failed.push((name, Error::external(e.to_string())));
+                    }
+                }
+            }
+        }
+        failed
+    }
+
+    /// A query ready to attach to its stream, marked `running` (before the stream task
+    /// can see it: a short input may end at once, and the task finishes only the
+    /// queries it finds running); `None` when it runs already.
+    fn prepare(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        name: &str,
+    ) -> Result<Option<(String, Attached)>> {
         let state = Arc::clone(&inner.queries[name]);
         if state.status() == QueryStatus::Running {
-            return Ok(());
+            return Ok(None);
         }
         let def = inner.catalog.queries[name].clone();
         let stream_def = inner.catalog.streams[&def.plan.stream].clone();
@@ -693,36 +783,8 @@ impl Manager {
             results,
             errors,
         };
-        let run_alive = inner
-            .streams
-            .get(&stream_def.name)
-            .is_some_and(|r| !r.task.is_finished());
-        // Running before the stream task can see the query: a short input may end at
-        // once, and the task finishes only the queries it finds running (set after
-        // the spawn, the status stayed `running` forever when the task was quicker).
-        let previous = state.status();
         state.set_status(QueryStatus::Running);
-        let attached_or_spawned = if run_alive {
-            inner.streams[&stream_def.name]
-                .control
-                .send(Control::Attach(Box::new(attached)))
-                .map_err(|_| Error::internal("stream control channel is closed"))
-        } else {
-            // The first query goes into the task before it (and its source) starts:
-            // attached later, the records the source sends first would meet a stream
-            // with no query and be lost.
-            self.spawn_stream(&stream_def, attached).map(|run| {
-                inner
-                    .stream_states
-                    .insert(stream_def.name.clone(), Arc::clone(&run.state));
-                inner.streams.insert(stream_def.name.clone(), run);
-            })
-        };
-        if let Err(e) = attached_or_spawned {
-            state.set_status(previous);
-            return Err(e);
-        }
-        Ok(())
+        Ok(Some((stream_def.name.clone(), attached)))
     }
 
     fn stop_locked(&self, inner: &mut Inner, name: &str) {
@@ -828,7 +890,7 @@ impl Manager {
     fn spawn_stream(
         self: &Arc<Self>,
         def: &crate::catalog::StreamDef,
-        first: Attached,
+        first: Vec<Attached>,
     ) -> Result<StreamRun> {
         let source = sources::build(
             &def.name,
@@ -873,7 +935,7 @@ impl Manager {
         });
         let task = StreamTask {
             core,
-            queries: vec![first],
+            queries: first,
             state: Arc::clone(&state),
             print_previews: self.options.print_previews,
             memory_limit: self.options.query_memory_bytes,
@@ -992,7 +1054,7 @@ impl Manager {
             .stream_states
             .get(stream)
             .map_or(0, |s| s.restarts.load(Ordering::Relaxed));
-        let mut started = 0;
+        let mut again = Vec::new();
         for name in queries {
             let Some(q) = inner.queries.get(name).cloned() else {
                 continue;
@@ -1001,12 +1063,13 @@ impl Manager {
                 continue;
             }
             q.set_status(QueryStatus::Stopped);
-            if let Err(e) = self.start_locked(&mut inner, name) {
-                q.set_status(QueryStatus::Failed(e.to_string()));
-            } else {
-                started += 1;
-            }
+            again.push(name.clone());
         }
+        let failed = self.start_many(&mut inner, &again);
+        for (name, e) in &failed {
+            inner.queries[name].set_status(QueryStatus::Failed(e.to_string()));
+        }
+        let started = again.len() - failed.len();
         if started > 0
             && let Some(s) = inner.stream_states.get(stream)
         {
@@ -1152,12 +1215,14 @@ impl Manager {
             return Ok(());
         };
         let c = &inner.catalog;
-        let object = |name: &str, sql: &str, app: &Option<String>, running: bool| Object {
-            name: name.to_string(),
-            sql: sql.to_string(),
-            app: app.clone(),
-            running,
-        };
+        let object =
+            |name: &str, sql: &str, app: &Option<String>, network: bool, running: bool| Object {
+                name: name.to_string(),
+                sql: sql.to_string(),
+                app: app.clone(),
+                network,
+                running,
+            };
         let persisted = Persisted {
             version: 2,
             applications: c
@@ -1171,12 +1236,12 @@ impl Manager {
             sinks: c
                 .sinks
                 .values()
-                .map(|s| object(&s.name, &s.sql, &s.app, false))
+                .map(|s| object(&s.name, &s.sql, &s.app, s.from_network, false))
                 .collect(),
             streams: c
                 .streams
                 .values()
-                .map(|s| object(&s.name, &s.sql, &s.app, false))
+                .map(|s| object(&s.name, &s.sql, &s.app, s.from_network, false))
                 .collect(),
             queries: c
                 .queries
@@ -1185,7 +1250,7 @@ impl Manager {
                     let running = inner.queries.get(&q.name).is_some_and(|s| {
                         matches!(s.status(), QueryStatus::Running | QueryStatus::Failed(_))
                     });
-                    object(&q.name, &q.sql, &q.app, running)
+                    object(&q.name, &q.sql, &q.app, false, running)
                 })
                 .collect(),
             skipped: inner.skipped.clone(),
@@ -1247,7 +1312,10 @@ fn quote_ident(name: &str) -> String {
 /// entries that no longer apply are left out.
 pub fn persisted_catalog(catalog_file: &std::path::Path) -> Result<Catalog> {
     match Persisted::read(catalog_file)? {
-        Some(persisted) => Ok(persisted.restore(&crate::catalog::AnyConnector).0),
+        Some(persisted) => {
+            let any = crate::catalog::AnyConnector;
+            Ok(persisted.restore(&any, &any).0)
+        }
         None => Ok(Catalog::new()),
     }
 }
@@ -1283,6 +1351,8 @@ pub struct Skipped {
     pub sql: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub network: bool,
     pub reason: String,
 }
 
@@ -1307,7 +1377,11 @@ impl Persisted {
     /// Applies every entry on its own, sinks then streams then queries (the order in
     /// which they depend on each other); returns the catalog and the entries that
     /// failed, with why. Entries skipped before are tried again.
-    fn restore(&self, connectors: &dyn crate::catalog::ConnectorCheck) -> (Catalog, Vec<Skipped>) {
+    fn restore(
+        &self,
+        trusted: &dyn crate::catalog::ConnectorCheck,
+        network: &dyn crate::catalog::ConnectorCheck,
+    ) -> (Catalog, Vec<Skipped>) {
         let mut catalog = Catalog::new();
         let mut skipped = Vec::new();
         let earlier = |kind: ObjectKind| self.skipped.iter().filter(move |s| s.kind == kind);
@@ -1319,9 +1393,13 @@ impl Persisted {
             };
             let entries = objects
                 .iter()
-                .map(|o| (o.name.clone(), o.sql.clone(), o.app.clone()))
-                .chain(earlier(kind).map(|s| (s.name.clone(), s.sql.clone(), s.app.clone())));
-            for (name, sql, app) in entries {
+                .map(|o| (o.name.clone(), o.sql.clone(), o.app.clone(), o.network))
+                .chain(
+                    earlier(kind)
+                        .map(|s| (s.name.clone(), s.sql.clone(), s.app.clone(), s.network)),
+                );
+            for (name, sql, app, from_network) in entries {
+                let connectors = if from_network { network } else { trusted };
                 // An unnamed query keeps the name it was given.
                 let text = if kind == ObjectKind::Query && !names_itself(&sql) {
                     format!("CREATE QUERY {} AS {sql}", quote_ident(&name))
@@ -1334,6 +1412,7 @@ impl Persisted {
                         name,
                         sql,
                         app,
+                        network: from_network,
                         reason: e.to_string(),
                     });
                 }
@@ -1375,6 +1454,10 @@ struct Object {
     sql: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     app: Option<String>,
+    /// Streams and sinks: created by SQL that came over HTTP, so restored under the
+    /// same rules (allow-lists, no local files), whatever the operator allows now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    network: bool,
     /// Queries only: whether it should run after a restart.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     running: bool,

@@ -104,6 +104,10 @@ impl Connectors {
 }
 
 impl ConnectorCheck for Connectors {
+    fn is_network(&self) -> bool {
+        self.deny_files
+    }
+
     fn check_source(&self, name: &str, connector: &str, options: &Options) -> Result<()> {
         self.check_files(connector, options)?;
         let mut o = options.clone();
