@@ -24,6 +24,10 @@ pub use apply::Change;
 /// Default largest record a stream accepts (bytes); larger ones go to the error output.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
 
+/// Default of `max_future`: a record more than an hour ahead of the wall clock has a
+/// wrong clock or a wrong unit (a microsecond epoch read as milliseconds).
+pub const DEFAULT_MAX_FUTURE_MS: i64 = 3_600_000;
+
 /// Validates connector options; implemented where the connectors are known.
 pub trait ConnectorCheck {
     /// `name` is the stream's or the sink's: some connectors derive a location (a
@@ -48,6 +52,9 @@ pub struct StreamDef {
     pub watermark_delay_ms: i64,
     pub idle_timeout_ms: Option<i64>,
     pub max_record_bytes: usize,
+    /// Records whose event time is more than this far ahead of the wall clock go to
+    /// the error output (kind `future`); `None`: no bound (`max_future = 'off'`).
+    pub max_future_ms: Option<i64>,
     /// Sink receiving this stream's malformed and late records (default: the log).
     pub error_sink: Option<String>,
     pub connector: String,
@@ -158,6 +165,24 @@ impl Catalog {
             .take_u64("max_record_bytes")?
             .map(|n| n as usize)
             .unwrap_or(DEFAULT_MAX_RECORD_BYTES);
+        let max_future_ms = match options.take("max_future") {
+            None => Some(DEFAULT_MAX_FUTURE_MS),
+            Some(v) if v.value.trim().eq_ignore_ascii_case("off") => None,
+            Some(v) => Some(
+                crate::sql::options::parse_duration(&v.value)
+                    .map(|d| d.as_millis() as i64)
+                    .ok_or_else(|| {
+                        Error::user_at(
+                            format!(
+                                "option 'max_future' must be a duration such as '1h' or '10m', \
+                                 or 'off', got '{}'",
+                                v.value
+                            ),
+                            v.position,
+                        )
+                    })?,
+            ),
+        };
         let error_sink = options.take("errors");
         if let Some(e) = &error_sink
             && !self.sinks.contains_key(&e.value)
@@ -297,6 +322,7 @@ impl Catalog {
             watermark_delay_ms: delay_ms,
             idle_timeout_ms,
             max_record_bytes,
+            max_future_ms,
             error_sink,
             connector,
             options,

@@ -257,6 +257,9 @@ pub enum RecordErrorKind {
     Oversized,
     /// Older than the watermark for a window that already closed.
     Late,
+    /// Its event time is further ahead of the wall clock than the stream's
+    /// `max_future`: taken, it would move the watermark past every other record.
+    Future,
     /// Evaluating the query failed for the record (for example a failed CAST).
     Eval,
     /// Sluice could not process the record for a reason of its own (a bug): it is
@@ -271,6 +274,7 @@ impl RecordErrorKind {
             RecordErrorKind::Schema => "schema",
             RecordErrorKind::Oversized => "oversized",
             RecordErrorKind::Late => "late",
+            RecordErrorKind::Future => "future",
             RecordErrorKind::Eval => "eval",
             RecordErrorKind::Internal => "internal",
         }

@@ -170,7 +170,9 @@ fn run_engine(
     arrivals: &[Reading],
     seed: u64,
 ) -> BTreeMap<String, Vec<RecordBatch>> {
-    let mut step = Step::new(0);
+    // The wall clock where the readings are: their event times must not be ahead of
+    // it by more than the stream's max_future.
+    let mut step = Step::new(START_MS);
     let mut app = STREAM_SQL.to_string();
     for (name, sql) in queries {
         app.push_str(&format!("\nCREATE QUERY {name} AS {sql};"));

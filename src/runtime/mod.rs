@@ -20,7 +20,9 @@ pub use step::Step;
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::array::{
+    ArrayRef, AsArray, RecordBatch, StringArray, TimestampMillisecondArray,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::catalog::{ConnectorCheck, StreamDef};
@@ -156,7 +158,13 @@ impl StreamCore {
     /// Decodes chunks and updates the watermark; returns the batches and the new
     /// watermark.
     pub fn ingest(&mut self, chunks: &[Chunk], now_ms: i64) -> Result<(Decoded, Option<i64>)> {
-        let decoded = self.decoder.decode(chunks)?;
+        let mut decoded = self.decoder.decode(chunks)?;
+        if let (Some(limit), true) = (self.def.max_future_ms, self.def.event_time.is_some()) {
+            let bound = now_ms.saturating_add(limit);
+            if decoded.partition_max.iter().any(|&(_, max)| max > bound) {
+                decoded = self.without_future(chunks, decoded, bound, limit, now_ms)?;
+            }
+        }
         for c in chunks {
             self.tracker.observe(c.partition, None, now_ms);
         }
@@ -166,6 +174,90 @@ impl StreamCore {
         Ok((decoded, self.tracker.watermark(now_ms)))
     }
 
+    /// Takes the records whose event time is past `bound` out of `decoded`, to the
+    /// error output (kind `future`): they reach no query and do not move the
+    /// watermark. Rare, so it may cost: with several partitions in one step, their
+    /// chunks are decoded again one partition at a time, to know each partition's
+    /// largest remaining time.
+    fn without_future(
+        &self,
+        chunks: &[Chunk],
+        decoded: Decoded,
+        bound: i64,
+        limit: i64,
+        now_ms: i64,
+    ) -> Result<Decoded> {
+        let mut partitions: Vec<usize> = Vec::new();
+        for c in chunks {
+            if !partitions.contains(&c.partition) {
+                partitions.push(c.partition);
+            }
+        }
+        let per_partition = match partitions.as_slice() {
+            [p] => vec![(*p, decoded)],
+            _ => partitions
+                .iter()
+                .map(|&p| {
+                    let mine: Vec<Chunk> = chunks
+                        .iter()
+                        .filter(|c| c.partition == p)
+                        .cloned()
+                        .collect();
+                    self.decoder.decode(&mine).map(|d| (p, d))
+                })
+                .collect::<Result<Vec<_>>>()?,
+        };
+        let time = self.def.info.time_index;
+        let mut out = Decoded::default();
+        for (p, d) in per_partition {
+            out.errors.extend(d.errors);
+            let mut max: Option<i64> = None;
+            for b in d.batches {
+                let times = b
+                    .column(time)
+                    .as_primitive::<datafusion::arrow::datatypes::TimestampMillisecondType>();
+                let keep: datafusion::arrow::array::BooleanArray = times
+                    .iter()
+                    .map(|t| Some(t.is_none_or(|t| t <= bound)))
+                    .collect();
+                for row in (0..b.num_rows()).filter(|&r| !keep.value(r)) {
+                    let t = times.value(row);
+                    let arrival = b
+                        .column(b.num_columns() - 1)
+                        .as_primitive::<datafusion::arrow::datatypes::TimestampMillisecondType>()
+                        .value(row);
+                    out.errors.push(RecordError {
+                        kind: crate::error::RecordErrorKind::Future,
+                        reason: format!(
+                            "event time {} is more than {} ahead of the wall clock ({}): \
+                             the stream's max_future",
+                            crate::render::timestamp_ms(t),
+                            fmt_duration(limit),
+                            crate::render::timestamp_ms(now_ms)
+                        ),
+                        payload: crate::render::row_json(&b, row)?,
+                        arrival_ms: arrival,
+                    });
+                }
+                let kept = datafusion::arrow::compute::filter_record_batch(&b, &keep)?;
+                if kept.num_rows() == 0 {
+                    continue;
+                }
+                let kept_times =
+                    kept.column(time)
+                        .as_primitive::<datafusion::arrow::datatypes::TimestampMillisecondType>();
+                if let Some(m) = datafusion::arrow::compute::max(kept_times) {
+                    max = Some(max.map_or(m, |x: i64| x.max(m)));
+                }
+                out.batches.push(kept);
+            }
+            if let Some(m) = max {
+                out.partition_max.push((p, m));
+            }
+        }
+        Ok(out)
+    }
+
     /// Recomputes the watermark on the wall clock (idle advance).
     pub fn tick(&mut self, now_ms: i64) -> Option<i64> {
         self.tracker.watermark(now_ms)
@@ -173,6 +265,19 @@ impl StreamCore {
 
     pub fn finish(&mut self) -> i64 {
         self.tracker.finish()
+    }
+}
+
+/// A duration as a user writes it: `1h`, `90s`, `1500ms`.
+fn fmt_duration(ms: i64) -> String {
+    if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
     }
 }
 
