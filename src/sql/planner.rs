@@ -33,6 +33,7 @@ use crate::engine::stateless::StatelessOp;
 use crate::engine::window::WindowSpec;
 use crate::engine::{InputColumn, QueryPlan};
 use crate::error::{Error, Position, Result};
+use crate::limits::MAX_WINDOWS_PER_RECORD;
 
 /// The virtual column every stream has: when the record arrived (ms).
 pub const ARRIVAL_TIME: &str = "arrival_time";
@@ -537,7 +538,22 @@ impl Lowering<'_> {
                         at,
                     ));
                 }
-                WindowSpec::Hop { slide, size }
+                let spec = WindowSpec::Hop { slide, size };
+                // Every record is added to each of its windows, and each open window
+                // holds state: a slide far below the size multiplies both.
+                let windows = spec.lanes();
+                if windows > MAX_WINDOWS_PER_RECORD {
+                    return Err(Error::user_at(
+                        format!(
+                            "HOP(ts, slide, size) puts every record in {windows} windows (size / \
+                             slide = {size} ms / {slide} ms); at most {MAX_WINDOWS_PER_RECORD} \
+                             are allowed: use a slide of at least {} ms, or a smaller size",
+                            (size + MAX_WINDOWS_PER_RECORD - 1) / MAX_WINDOWS_PER_RECORD
+                        ),
+                        at,
+                    ));
+                }
+                spec
             }
             WindowKind::Session => WindowSpec::Session {
                 gap: ms(&call.args[0])?,
