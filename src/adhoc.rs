@@ -113,10 +113,7 @@ pub async fn run(
     let work = async {
         let ctx = session(limits)?;
         let state = ctx.state();
-        let parsed = state
-            .sql_to_statement(sql, &datafusion::config::Dialect::Generic)
-            .map_err(|e| sql_error(e, None))?;
-        check_read_only(&parsed)?;
+        let parsed = parse(&state, sql)?;
         let references = state
             .resolve_table_references(&parsed)
             .map_err(|e| sql_error(e, None))?;
@@ -232,21 +229,42 @@ fn session(limits: &Limits) -> Result<SessionContext> {
     Ok(SessionContext::new_with_config_rt(config, runtime))
 }
 
+/// Parses the one statement, within the size and depth limits of `sql::depth` and
+/// read-only. On a stack sized for those limits: a refused statement is dropped here.
+fn parse(state: &datafusion::execution::SessionState, sql: &str) -> Result<DfStatement> {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::tokenizer::Tokenizer;
+    crate::limits::with_stack(|| {
+        let tokens = Tokenizer::new(&GenericDialect {}, sql)
+            .tokenize_with_location()
+            .map_err(|e| crate::sql::parser::parser_error(e.into()))?;
+        crate::sql::depth::check_tokens(&tokens)?;
+        drop(tokens);
+        let parsed = state
+            .sql_to_statement(sql, &datafusion::config::Dialect::Generic)
+            .map_err(|e| sql_error(e, None))?;
+        let statement = check_read_only(&parsed)?;
+        crate::sql::depth::check_depth(statement, Position { line: 1, column: 1 })?;
+        Ok(parsed)
+    })
+}
+
 /// Refuses everything but a query (or EXPLAIN of one): SET would change limits, and
 /// DDL/DML/COPY would read or write files.
-fn check_read_only(s: &DfStatement) -> Result<()> {
+/// Returns the statement that holds the query.
+fn check_read_only(s: &DfStatement) -> Result<&Statement> {
     let query = match s {
         DfStatement::Statement(st) => match st.as_ref() {
-            Statement::Query(q) => Some(q),
+            Statement::Query(q) => Some((q, st.as_ref())),
             Statement::Explain { statement, .. } => match statement.as_ref() {
-                Statement::Query(q) => Some(q),
+                Statement::Query(q) => Some((q, statement.as_ref())),
                 _ => None,
             },
             _ => None,
         },
         DfStatement::Explain(e) => match e.statement.as_ref() {
             DfStatement::Statement(st) => match st.as_ref() {
-                Statement::Query(q) => Some(q),
+                Statement::Query(q) => Some((q, st.as_ref())),
                 _ => None,
             },
             _ => None,
@@ -254,7 +272,7 @@ fn check_read_only(s: &DfStatement) -> Result<()> {
         _ => None,
     };
     match query {
-        Some(q)
+        Some((q, statement))
             if !matches!(
                 q.body.as_ref(),
                 SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)
@@ -267,7 +285,7 @@ fn check_read_only(s: &DfStatement) -> Result<()> {
                     "SELECT INTO creates a table: ad hoc SQL is read-only",
                 ));
             }
-            Ok(())
+            Ok(statement)
         }
         _ => Err(Error::user_at(
             "ad hoc SQL is read-only: one SELECT (or WITH … SELECT, VALUES, EXPLAIN) per request",

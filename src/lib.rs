@@ -15,6 +15,8 @@
 //!  tables    embedded alert tables: written by the `table` sink, read by api/
 //!  adhoc     ad hoc SQL over what sinks stored (archives, tables): POST /query,
 //!            `sluice query`
+//!  limits    the hard limits on statements and records (expression depth, windows
+//!            per record, value sizes) and the stack statements run on (below all)
 //!  render    values as text and rows as JSON, one way for every sink, the WebSocket,
 //!            `sluice run`, error payloads and ad hoc output (below sinks, api, runtime
 //!            and adhoc; imports none of them)
@@ -39,6 +41,7 @@ pub mod decode;
 pub mod engine;
 pub mod error;
 pub mod health;
+pub mod limits;
 pub mod render;
 pub mod runtime;
 pub mod simulate;

@@ -272,6 +272,8 @@ fn run(file: PathBuf) -> CliResult {
     })?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Queries are evaluated on these threads: room for their deepest expressions.
+        .thread_stack_size(sluice::limits::WORKER_STACK_BYTES)
         .build()
         .map_err(|e| (None, Error::internal(e.to_string())))?;
     rt.block_on(async {
@@ -321,6 +323,8 @@ fn run(file: PathBuf) -> CliResult {
 fn serve(args: ServeArgs) -> CliResult {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Queries are evaluated on these threads: room for their deepest expressions.
+        .thread_stack_size(sluice::limits::WORKER_STACK_BYTES)
         .build()
         .map_err(|e| (None, Error::internal(e.to_string())))?;
     rt.block_on(async move {

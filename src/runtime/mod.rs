@@ -206,7 +206,32 @@ pub fn errors_batch(query: &str, stream: &str, errors: &[RecordError]) -> Result
 /// errors to the query's error output, then applies the new watermark. The decode
 /// errors come first in [`Emitted::errors`], in their order (the manager logs them
 /// once per stream and only the rest per query).
+///
+/// This is the query's boundary: evaluation runs on a stack sized for the statement
+/// limits (a query's expressions recurse as deep as they nest), and a panic anywhere
+/// in it (a bug in Sluice or in a DataFusion function) fails this query with the
+/// panic's message instead of the stream task that runs it and every other query on
+/// that stream. A query that panicked is not stepped again: its state may be half
+/// updated.
 pub(crate) fn step_query(
+    q: &mut Query,
+    decoded: &Decoded,
+    watermark: Option<i64>,
+    arrival_ms: i64,
+) -> Result<Emitted> {
+    crate::limits::with_eval_stack(|| {
+        let step =
+            std::panic::AssertUnwindSafe(|| step_query_now(q, decoded, watermark, arrival_ms));
+        std::panic::catch_unwind(step).unwrap_or_else(|panic| {
+            Err(Error::internal(format!(
+                "the query panicked while evaluating a batch: {}",
+                crate::limits::panic_message(panic.as_ref())
+            )))
+        })
+    })
+}
+
+fn step_query_now(
     q: &mut Query,
     decoded: &Decoded,
     watermark: Option<i64>,

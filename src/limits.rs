@@ -1,0 +1,72 @@
+//! Hard limits that keep one statement or one record from exhausting the process, and
+//! the stack that statements are planned and evaluated on (below every layer; used by
+//! sql/, engine/, runtime/ and adhoc). docs/limits.md lists them with every other
+//! limit and its default.
+//!
+//! They are constants, not settings: each one is far above what a real application
+//! needs and far below what would hurt the server, and the stack size is derived from
+//! them.
+
+/// Most levels an expression may nest (see `sql::depth`). Each operator of a chain
+/// (`a + b + c`), each bracket, function call, CASE, cast or subquery is a level.
+/// DataFusion's planning time grows faster than the depth (3 s for 256 nested
+/// function calls in a debug build, 18 s for 500): this keeps it small.
+pub const MAX_EXPR_DEPTH: usize = 256;
+
+/// Most tokens (words, numbers, operators) one statement may have: about 500 KB of
+/// SQL. It bounds how deep a statement refused by [`MAX_EXPR_DEPTH`] can be, since
+/// that statement must still be dropped, which recurses.
+pub const MAX_STATEMENT_TOKENS: usize = 100_000;
+
+/// Most windows one record may fall in: `HOP(ts, slide, size)` puts a record in
+/// `size / slide` windows, each updated for every record and each holding state.
+pub const MAX_WINDOWS_PER_RECORD: i64 = 1_000;
+
+/// Largest value one function call may produce for one row (a string from `repeat`,
+/// `lpad`; a list from `range`, `array_repeat`): a larger one fails that record (to the
+/// error output in a continuous query) before it is allocated.
+pub const MAX_VALUE_BYTES: usize = 16 << 20;
+
+/// Largest output one function call may produce for a whole batch (its rows
+/// together), checked before it is allocated. Arrow's strings and lists address their
+/// bytes with 32-bit offsets, so a column over 2 GiB cannot even be built: past this
+/// the batch is evaluated record by record.
+pub const MAX_BATCH_VALUE_BYTES: usize = 256 << 20;
+
+/// Stack that parsing and planning one statement within the limits above needs, with
+/// a wide margin. Measured in a debug build (whose frames are the largest): under 4
+/// MiB to plan an expression [`MAX_EXPR_DEPTH`] deep, 8 MiB to refuse and drop a
+/// chain of 49,000 operators.
+pub const STACK_BYTES: usize = 64 << 20;
+
+/// Stack that evaluating a planned query on a batch needs, with a wide margin:
+/// measured under 2 MiB for an expression [`MAX_EXPR_DEPTH`] deep in a debug build.
+pub const EVAL_STACK_BYTES: usize = 8 << 20;
+
+/// Stack of the threads that run streams and the API (`sluice serve`, `run`): enough
+/// for [`EVAL_STACK_BYTES`] on the thread itself, so a query's step never needs a
+/// fresh stack there (getting one costs about 12 µs a step).
+pub const WORKER_STACK_BYTES: usize = 16 << 20;
+
+/// Runs `f` (parsing, planning) with at least [`STACK_BYTES`] of stack: on the
+/// current one when it has that much left, else on a fresh one allocated for the
+/// call (only the pages touched are ever backed by memory).
+pub fn with_stack<R>(f: impl FnOnce() -> R) -> R {
+    stacker::maybe_grow(STACK_BYTES, STACK_BYTES, f)
+}
+
+/// Runs `f` (a query's evaluation) with at least [`EVAL_STACK_BYTES`] of stack.
+pub fn with_eval_stack<R>(f: impl FnOnce() -> R) -> R {
+    stacker::maybe_grow(EVAL_STACK_BYTES, EVAL_STACK_BYTES, f)
+}
+
+/// The message of a caught panic (`panic!` with a string, or a formatted one).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
