@@ -226,7 +226,13 @@ fn session(limits: &Limits) -> Result<SessionContext> {
     opts.sql_parser.collect_spans = true;
     // Case-sensitive identifiers, as in continuous queries: `deviceId` as written.
     opts.sql_parser.enable_ident_normalization = false;
-    Ok(SessionContext::new_with_config_rt(config, runtime))
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    // Functions whose output a number decides check its size before they run
+    // (`range(0, 3e8)` would make a 2.4 GB list outside the memory pool).
+    for f in crate::sql::bounded::bounded_functions(ctx.state().scalar_functions()) {
+        ctx.register_udf(f);
+    }
+    Ok(ctx)
 }
 
 /// Parses the one statement, within the size and depth limits of `sql::depth` and

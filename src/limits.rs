@@ -70,3 +70,80 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         "a panic without a message".to_string()
     }
 }
+
+/// Bytes as a person reads them: `812 B`, `16 MB`, `1.2 GB` (powers of 1024).
+pub fn fmt_bytes(n: u128) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || v >= 10.0 || v.fract() == 0.0 {
+        format!("{} {}", v.round() as u128, UNITS[unit])
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// The bytes one row of `array` holds: its values (for strings and lists, only its
+/// own part of the shared buffers), not the buffers it shares with other rows.
+pub fn row_bytes(array: &dyn datafusion::arrow::array::Array, row: usize) -> usize {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::DataType;
+    let d = array.data_type();
+    if let Some(w) = d.primitive_width() {
+        return w;
+    }
+    match d {
+        DataType::Utf8 => array.as_string::<i32>().value(row).len() + 4,
+        DataType::LargeUtf8 => array.as_string::<i64>().value(row).len() + 8,
+        DataType::Binary => array.as_binary::<i32>().value(row).len() + 4,
+        DataType::LargeBinary => array.as_binary::<i64>().value(row).len() + 8,
+        DataType::Utf8View => array.as_string_view().value(row).len() + 16,
+        DataType::BinaryView => array.as_binary_view().value(row).len() + 16,
+        DataType::Boolean | DataType::Null => 1,
+        _ => array
+            .slice(row, 1)
+            .to_data()
+            .get_slice_memory_size()
+            .unwrap_or(0),
+    }
+}
+
+/// At least the bytes of the largest row of `array` (exact for fixed-width and
+/// string or binary columns; the slice's whole size for the others): a quick bound
+/// before looking at rows one by one.
+pub fn max_row_bytes(array: &dyn datafusion::arrow::array::Array) -> usize {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::DataType;
+    fn widest<O: datafusion::arrow::array::OffsetSizeTrait>(offsets: &[O]) -> usize {
+        offsets
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_usize())
+            .max()
+            .unwrap_or(0)
+    }
+    let d = array.data_type();
+    if let Some(w) = d.primitive_width() {
+        return w;
+    }
+    match d {
+        DataType::Utf8 => widest(array.as_string::<i32>().value_offsets()) + 4,
+        DataType::LargeUtf8 => widest(array.as_string::<i64>().value_offsets()) + 8,
+        DataType::Binary => widest(array.as_binary::<i32>().value_offsets()) + 4,
+        DataType::LargeBinary => widest(array.as_binary::<i64>().value_offsets()) + 8,
+        // A view's length is its low 32 bits.
+        DataType::Utf8View => {
+            let views = array.as_string_view().views();
+            views.iter().map(|v| *v as u32 as usize).max().unwrap_or(0) + 16
+        }
+        DataType::BinaryView => {
+            let views = array.as_binary_view().views();
+            views.iter().map(|v| *v as u32 as usize).max().unwrap_or(0) + 16
+        }
+        DataType::Boolean | DataType::Null => 1,
+        _ => array.to_data().get_slice_memory_size().unwrap_or(0),
+    }
+}

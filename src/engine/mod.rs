@@ -26,6 +26,7 @@ use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 
 use crate::error::{RecordError, RecordErrorKind, Result};
+use crate::limits::{MAX_VALUE_BYTES, fmt_bytes, max_row_bytes, row_bytes};
 use crate::render;
 use aggregate::{AggregatePlan, WindowAggregate};
 use session::SessionAggregate;
@@ -165,6 +166,7 @@ impl Query {
         let pre = apply_all(&self.plan.pre, input.clone())?;
         match &mut self.aggregator {
             None => {
+                check_record_sizes(&pre)?;
                 if pre.num_rows() > 0 {
                     self.counters.rows_out += pre.num_rows() as u64;
                     out.batches.push(pre);
@@ -294,6 +296,36 @@ impl std::fmt::Debug for Query {
             .field("counters", &self.counters)
             .finish()
     }
+}
+
+/// Fails (a user error: [`Query::push`] then finds the record, row by row, and sends
+/// it to the error output) when a result record is over [`MAX_VALUE_BYTES`]: a sink,
+/// the WebSocket and the error output's payload would each have to carry it whole.
+fn check_record_sizes(batch: &RecordBatch) -> Result<()> {
+    let widest: usize = batch
+        .columns()
+        .iter()
+        .map(|c| max_row_bytes(c.as_ref()))
+        .sum();
+    if widest <= MAX_VALUE_BYTES {
+        return Ok(());
+    }
+    for row in 0..batch.num_rows() {
+        let bytes: usize = batch
+            .columns()
+            .iter()
+            .map(|c| row_bytes(c.as_ref(), row))
+            .sum();
+        if bytes > MAX_VALUE_BYTES {
+            return Err(crate::error::Error::user(format!(
+                "the query's result for this record is {}, more than the {} one result \
+                 record may be",
+                fmt_bytes(bytes as u128),
+                fmt_bytes(MAX_VALUE_BYTES as u128)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Renders a millisecond timestamp for messages and API fields (a watermark): RFC 3339

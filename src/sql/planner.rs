@@ -13,8 +13,8 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::catalog::MemoryCatalogProviderList;
 use datafusion::catalog::empty::EmptyTable;
 use datafusion::common::{DFSchema, ScalarValue, TableReference};
-use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::{SessionConfig, SessionContext, SessionState};
+use datafusion::execution::{FunctionRegistry, SessionStateBuilder};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{Expr, ExprSchemable, LogicalPlan, lit};
 use datafusion::optimizer::{Optimizer, OptimizerRule};
@@ -87,11 +87,17 @@ impl Planner {
             .into_iter()
             .filter(|r| r.name() != "single_distinct_aggregation_to_group_by")
             .collect();
-        let state = SessionStateBuilder::new()
+        let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
             .with_optimizer_rules(rules)
             .build();
+        // Functions whose output a number decides check its size first (a record
+        // that would make too large a value goes to the error output).
+        for f in super::bounded::bounded_functions(state.scalar_functions()) {
+            // Registering over a built-in function returns it; nothing to keep.
+            let _ = state.register_udf(Arc::new(f));
+        }
         Planner { state }
     }
 
