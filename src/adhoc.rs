@@ -30,6 +30,7 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{SetExpr, Statement};
@@ -43,17 +44,30 @@ use crate::sinks::archive::{ArchiveConfig, Format};
 use crate::sql::diagnose::{self, Scope};
 use crate::tables;
 
-/// Limits of one ad hoc query.
+mod executor;
+mod guard;
+
+pub use executor::{AdhocError, Executor};
+use guard::Stop;
+
+/// Limits of ad hoc queries.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Rows returned when the request names no limit.
     pub default_rows: usize,
     /// Most rows a request may ask for.
     pub max_rows: usize,
+    /// How long one query may run; every operator stops at it.
     pub timeout: Duration,
-    /// Memory for the query's operators (sorts, aggregates, joins); beyond it the
-    /// query fails instead of growing.
+    /// Memory for one query's operators (sorts, aggregates, joins, and every batch
+    /// each operator hands on); beyond it the query fails instead of growing.
     pub memory_bytes: usize,
+    /// Threads the [`Executor`] runs queries on, apart from the API and the streams.
+    pub threads: usize,
+    /// Queries the [`Executor`] runs at once.
+    pub concurrency: usize,
+    /// Queries that may wait for a turn; more are refused (503, `Retry-After`).
+    pub queue: usize,
 }
 
 impl Default for Limits {
@@ -63,6 +77,9 @@ impl Default for Limits {
             max_rows: 100_000,
             timeout: Duration::from_secs(30),
             memory_bytes: 256 << 20,
+            threads: 1,
+            concurrency: 2,
+            queue: 4,
         }
     }
 }
@@ -95,12 +112,50 @@ pub struct QueryOutput {
     pub elapsed: Duration,
 }
 
-/// Runs one read-only statement; `limit` defaults to and is capped by `limits`.
+/// Runs one read-only statement; `limit` defaults to and is capped by `limits`, and
+/// every operator stops at the timeout and counts its batches against the memory
+/// limit (see `guard`). This runs on the caller's runtime; the server and `sluice
+/// query` run it through an [`Executor`], on threads of its own.
 pub async fn run(
     sql: &str,
     limit: Option<usize>,
     sources: &Sources,
     limits: &Limits,
+) -> Result<QueryOutput> {
+    let stop = Stop {
+        deadline: Instant::now() + limits.timeout,
+        cancelled: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    };
+    // The guards stop the work at the deadline; this stops waiting for it, should
+    // the query be somewhere no guard is (listing a slow store).
+    let grace = Duration::from_secs(1);
+    match tokio::time::timeout(
+        limits.timeout + grace,
+        run_until(sql, limit, sources, limits, stop),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(timeout_error(limits)),
+    }
+}
+
+/// The refusal of a query that reached its time limit.
+fn timeout_error(limits: &Limits) -> Error {
+    Error::user(format!(
+        "the query ran longer than {} s and was stopped; narrow it (a filter on the \
+         partition columns skips whole partitions)",
+        limits.timeout.as_secs()
+    ))
+}
+
+/// [`run`], stopping at `stop`.
+async fn run_until(
+    sql: &str,
+    limit: Option<usize>,
+    sources: &Sources,
+    limits: &Limits,
+    stop: Stop,
 ) -> Result<QueryOutput> {
     let started = Instant::now();
     let limit = limit.unwrap_or(limits.default_rows);
@@ -110,83 +165,116 @@ pub async fn run(
             limits.max_rows
         )));
     }
-    let work = async {
-        let ctx = session(limits)?;
-        let state = ctx.state();
-        let parsed = parse(&state, sql)?;
-        let references = state
-            .resolve_table_references(&parsed)
-            .map_err(|e| sql_error(e, None))?;
-        for r in references {
-            register(&ctx, r.table(), sources).await?;
+    // Whatever failed once the deadline passed, failed because of it.
+    let stopped = |e: Error| {
+        if stop.cancelled.load(std::sync::atomic::Ordering::Relaxed)
+            || Instant::now() >= stop.deadline
+        {
+            timeout_error(limits)
+        } else {
+            e
         }
-        let state = ctx.state();
-        let query = match &parsed {
-            DfStatement::Statement(s) => match s.as_ref() {
-                Statement::Query(q) => Some(q.as_ref().clone()),
-                _ => None,
-            },
-            _ => None,
-        };
-        let names = table_names(sources).into_iter().map(|(n, _)| n).collect();
-        let scope = Scope {
-            query: query.as_ref(),
-            text: Some((sql, Position { line: 1, column: 1 })),
-            relations: Some(("table", names)),
-            ..Scope::new(&state)
-        };
-        let plan = state
-            .statement_to_plan(parsed)
-            .await
-            .map_err(|e| sql_error(e, Some(&scope)))?;
-        // Defence in depth: the statement check above already refused these.
-        SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false)
-            .verify_plan(&plan)
-            .map_err(|e| sql_error(e, Some(&scope)))?;
-        let df = ctx
-            .execute_logical_plan(plan)
-            .await
-            .map_err(|e| sql_error(e, Some(&scope)))?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        // Optimizing happens here, and with it constant folding: `seq > 'many'`.
-        let mut stream = df
-            .execute_stream()
-            .await
-            .map_err(|e| sql_error(e, Some(&scope)))?;
-        let (mut batches, mut rows, mut truncated) = (Vec::new(), 0usize, false);
-        while let Some(b) = stream.next().await {
-            let b = b.map_err(Error::from)?;
-            let room = limit - rows;
-            if b.num_rows() > room {
-                truncated = true;
-                if room > 0 {
-                    batches.push(b.slice(0, room));
-                    rows += room;
-                }
-                break;
-            }
-            rows += b.num_rows();
-            batches.push(b);
-        }
-        Ok::<_, Error>(QueryOutput {
-            schema,
-            batches,
-            rows,
-            truncated,
-            elapsed: started.elapsed(),
-        })
     };
-    match tokio::time::timeout(limits.timeout, work).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::user(format!(
-            "the query ran longer than {} s and was stopped; narrow it (a filter on the \
-             partition columns skips whole partitions)",
-            limits.timeout.as_secs()
-        ))),
+    let ctx = session(limits)?;
+    let state = ctx.state();
+    let parsed = parse(&state, sql)?;
+    let references = state
+        .resolve_table_references(&parsed)
+        .map_err(|e| sql_error(e, None))?;
+    for r in references {
+        register(&ctx, r.table(), sources).await.map_err(stopped)?;
     }
+    let state = ctx.state();
+    let query = match &parsed {
+        DfStatement::Statement(s) => match s.as_ref() {
+            Statement::Query(q) => Some(q.as_ref().clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let names = table_names(sources).into_iter().map(|(n, _)| n).collect();
+    let scope = Scope {
+        query: query.as_ref(),
+        text: Some((sql, Position { line: 1, column: 1 })),
+        relations: Some(("table", names)),
+        ..Scope::new(&state)
+    };
+    let plan = state
+        .statement_to_plan(parsed)
+        .await
+        .map_err(|e| sql_error(e, Some(&scope)))?;
+    // Defence in depth: the statement check above already refused these.
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|e| sql_error(e, Some(&scope)))?;
+    let df = ctx
+        .execute_logical_plan(plan)
+        .await
+        .map_err(|e| sql_error(e, Some(&scope)))?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    // Optimizing happens here, and with it constant folding: `seq > 'many'`.
+    let physical = df
+        .create_physical_plan()
+        .await
+        .map_err(|e| sql_error(e, Some(&scope)))?;
+    check_constants(&physical)?;
+    let physical = guard::guard_plan(physical, &stop, limits.memory_bytes)?;
+    let mut stream = datafusion::physical_plan::execute_stream(physical, ctx.task_ctx())
+        .map_err(|e| execution_error(e, limits))?;
+    let (mut batches, mut rows, mut truncated) = (Vec::new(), 0usize, false);
+    while let Some(b) = stream.next().await {
+        let b = b.map_err(|e| stopped(execution_error(e, limits)))?;
+        let room = limit - rows;
+        if b.num_rows() > room {
+            truncated = true;
+            if room > 0 {
+                batches.push(b.slice(0, room));
+                rows += room;
+            }
+            break;
+        }
+        rows += b.num_rows();
+        batches.push(b);
+    }
+    Ok(QueryOutput {
+        schema,
+        batches,
+        rows,
+        truncated,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Refuses a plan holding a constant too large to copy into every row of a batch.
+fn check_constants(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut found = Ok(());
+    plan.apply(|node| {
+        node.apply_expressions(&mut |e| {
+            found = crate::sql::bounded::check_constants(e);
+            Ok(match found {
+                Ok(()) => TreeNodeRecursion::Continue,
+                Err(_) => TreeNodeRecursion::Stop,
+            })
+        })
+    })?;
+    found
+}
+
+/// An error met while the query ran, in Sluice's words when it is about a limit.
+fn execution_error(e: DataFusionError, limits: &Limits) -> Error {
+    let root = e.find_root();
+    if let DataFusionError::ResourcesExhausted(_) = root {
+        return Error::user(format!(
+            "the query needs more than the {} of memory an ad hoc query may use; narrow it \
+             (fewer rows or columns, a LIMIT, a filter on the partition columns) ({root})",
+            crate::limits::fmt_bytes(limits.memory_bytes as u128),
+        ));
+    }
+    Error::from(e)
 }
 
 /// The names ad hoc SQL can query: archive sinks and embedded tables, with what
@@ -219,7 +307,9 @@ fn session(limits: &Limits) -> Result<SessionContext> {
         .build_arc()?;
     let mut config = SessionConfig::new()
         .with_information_schema(false)
-        .with_target_partitions(2);
+        .with_target_partitions(2)
+        // The batch length constants and value limits are sized for (limits.rs).
+        .with_batch_size(crate::limits::MAX_BATCH_ROWS);
     // Positions for planning errors. URL tables (`SELECT * FROM 'file.csv'`) stay
     // off (DataFusion's default): only the tables registered here exist.
     let opts = config.options_mut();

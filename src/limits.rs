@@ -33,6 +33,16 @@ pub const MAX_VALUE_BYTES: usize = 16 << 20;
 /// the batch is evaluated record by record.
 pub const MAX_BATCH_VALUE_BYTES: usize = 256 << 20;
 
+/// Most rows one batch may have when a query evaluates it: a larger batch (a 16 MB
+/// ingest of small records is 160,000 of them) is evaluated in slices this long.
+/// Ad hoc queries read in batches this long too.
+pub const MAX_BATCH_ROWS: usize = 8192;
+
+/// Largest constant a query may hold (a string literal, or a call on constants that
+/// DataFusion folds into one): a constant is copied into every row of a batch, so
+/// this times [`MAX_BATCH_ROWS`] is [`MAX_BATCH_VALUE_BYTES`].
+pub const MAX_CONSTANT_BYTES: usize = MAX_BATCH_VALUE_BYTES / MAX_BATCH_ROWS;
+
 /// Stack that parsing and planning one statement within the limits above needs, with
 /// a wide margin. Measured in a debug build (whose frames are the largest): under 4
 /// MiB to plan an expression [`MAX_EXPR_DEPTH`] deep, 8 MiB to refuse and drop a

@@ -26,7 +26,7 @@ use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 
 use crate::error::{RecordError, RecordErrorKind, Result};
-use crate::limits::{MAX_VALUE_BYTES, fmt_bytes, max_row_bytes, row_bytes};
+use crate::limits::{MAX_BATCH_ROWS, MAX_VALUE_BYTES, fmt_bytes, max_row_bytes, row_bytes};
 use crate::render;
 use aggregate::{AggregatePlan, WindowAggregate};
 use session::SessionAggregate;
@@ -131,20 +131,35 @@ impl Query {
     /// once; windowed ones emit when [`Query::advance`] closes windows.
     pub fn push(&mut self, batch: &RecordBatch, arrival_ms: i64) -> Result<Emitted> {
         let mut out = Emitted::default();
-        if batch.num_rows() == 0 {
-            return Ok(out);
+        // A batch is evaluated in slices of at most MAX_BATCH_ROWS: what a query makes
+        // of a batch (a constant copied into every row, a function's output) is
+        // bounded for batches that long.
+        let mut start = 0;
+        while start < batch.num_rows() {
+            let len = MAX_BATCH_ROWS.min(batch.num_rows() - start);
+            self.push_slice(&batch.slice(start, len), arrival_ms, &mut out)?;
+            start += len;
         }
+        Ok(out)
+    }
+
+    fn push_slice(
+        &mut self,
+        batch: &RecordBatch,
+        arrival_ms: i64,
+        out: &mut Emitted,
+    ) -> Result<()> {
         self.counters.rows_in += batch.num_rows() as u64;
-        let batch = self.split_late(batch, arrival_ms, &mut out)?;
+        let batch = self.split_late(batch, arrival_ms, out)?;
         let input = self.input(&batch)?;
-        if let Err(e) = self.process(&input, &mut out) {
+        if let Err(e) = self.process(&input, out) {
             if !e.is_user() {
                 return Err(e);
             }
             // Some record made an expression fail (a division by zero, a failed
             // CAST): find which, row by row, so only those go to the error output.
             for row in 0..input.num_rows() {
-                if let Err(e) = self.process(&input.slice(row, 1), &mut out) {
+                if let Err(e) = self.process(&input.slice(row, 1), out) {
                     if !e.is_user() {
                         return Err(e);
                     }
@@ -158,7 +173,7 @@ impl Query {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Runs the query's operators on its input columns.

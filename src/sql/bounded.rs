@@ -29,7 +29,11 @@ use datafusion::logical_expr::{
     ScalarUDF, ScalarUDFImpl, Signature, StructFieldMapping,
 };
 
-use crate::limits::{MAX_BATCH_VALUE_BYTES, MAX_VALUE_BYTES, fmt_bytes, row_bytes};
+use datafusion::physical_expr::PhysicalExpr;
+
+use crate::limits::{
+    MAX_BATCH_VALUE_BYTES, MAX_CONSTANT_BYTES, MAX_VALUE_BYTES, fmt_bytes, row_bytes,
+};
 
 /// How a wrapped function's output size follows from its arguments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -91,8 +95,14 @@ impl Bounded {
     /// Fails when the call would make a value over [`MAX_VALUE_BYTES`] for one
     /// record, or over [`MAX_BATCH_VALUE_BYTES`] for all of them.
     fn check(&self, args: &[ColumnarValue], number_rows: usize) -> Result<()> {
+        // On constants the call makes one value, which its consumer copies into
+        // every row.
         let all_scalar = args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
-        let rows = if all_scalar { 1 } else { number_rows };
+        let (rows, copies) = if all_scalar {
+            (1, number_rows.max(1) as u128)
+        } else {
+            (number_rows, 1)
+        };
         let mut total: u128 = 0;
         for row in 0..rows {
             let bytes = self.bytes(args, row);
@@ -105,7 +115,7 @@ impl Bounded {
                     fmt_bytes(MAX_VALUE_BYTES as u128)
                 );
             }
-            total += bytes;
+            total += bytes * copies;
         }
         if total > MAX_BATCH_VALUE_BYTES as u128 {
             return exec_err!(
@@ -160,6 +170,42 @@ impl Bounded {
             }
             Growth::Series => series_len(args, row).saturating_mul(8),
         }
+    }
+}
+
+/// Refuses a constant in `expr` larger than [`MAX_CONSTANT_BYTES`]: evaluating the
+/// expression copies it into every row of a batch.
+pub fn check_constants(expr: &Arc<dyn PhysicalExpr>) -> crate::error::Result<()> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::physical_expr::expressions::Literal;
+    let mut found = None;
+    expr.apply(|e| {
+        if let Some(l) = e.downcast_ref::<Literal>() {
+            let bytes = match l.value() {
+                ScalarValue::Utf8(Some(s))
+                | ScalarValue::LargeUtf8(Some(s))
+                | ScalarValue::Utf8View(Some(s)) => s.len(),
+                ScalarValue::Binary(Some(b))
+                | ScalarValue::LargeBinary(Some(b))
+                | ScalarValue::BinaryView(Some(b)) => b.len(),
+                v => v.size(),
+            };
+            if bytes > MAX_CONSTANT_BYTES {
+                found = Some(bytes);
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    match found {
+        Some(bytes) => Err(crate::error::Error::user(format!(
+            "the query holds a constant of {} (a literal, or a call on constants such as \
+             repeat('x', 100000)), more than the {} a constant may be: it would be copied \
+             into every row",
+            fmt_bytes(bytes as u128),
+            fmt_bytes(MAX_CONSTANT_BYTES as u128)
+        ))),
+        None => Ok(()),
     }
 }
 

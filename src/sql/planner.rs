@@ -281,7 +281,7 @@ impl Planner {
             ));
         }
         let output_schema = Arc::new(logical.schema().as_arrow().clone());
-        Ok(QueryPlan {
+        let plan = QueryPlan {
             stream: stage.stream.name.clone(),
             input: stage.input,
             input_schema: stage.input_schema,
@@ -290,8 +290,34 @@ impl Planner {
             aggregate: stage.aggregate,
             post: stage.post,
             output_schema,
-        })
+        };
+        for e in expressions(&plan) {
+            super::bounded::check_constants(&e).map_err(|e| e.or_at(at))?;
+        }
+        Ok(plan)
     }
+}
+
+/// Every physical expression a plan evaluates.
+fn expressions(plan: &QueryPlan) -> Vec<Arc<dyn PhysicalExpr>> {
+    let mut out = Vec::new();
+    for op in plan.pre.iter().chain(&plan.post) {
+        match op {
+            StatelessOp::Filter(e) => out.push(Arc::clone(e)),
+            StatelessOp::Project { exprs, .. } => out.extend(exprs.iter().cloned()),
+            StatelessOp::Sort(ordering) => out.extend(ordering.iter().map(|s| Arc::clone(&s.expr))),
+        }
+    }
+    if let Some(a) = &plan.aggregate {
+        out.push(Arc::clone(&a.time));
+        out.extend(a.keys.iter().cloned());
+        for f in &a.aggregates {
+            out.extend(f.expressions());
+            out.extend(f.order_bys().iter().map(|o| Arc::clone(&o.expr)));
+        }
+        out.extend(a.filters.iter().flatten().cloned());
+    }
+    out
 }
 
 /// Completes a planning future that cannot wait on anything: the planning tables are
