@@ -13,6 +13,17 @@
 /// function calls in a debug build, 18 s for 500): this keeps it small.
 pub const MAX_EXPR_DEPTH: usize = 256;
 
+/// Most subqueries one may nest in another (in FROM, in an expression, in a WITH).
+/// DataFusion's planning time doubles with each level past a few (planning 16
+/// nested `IN (SELECT …)` took 7 s in a debug build, 24 did not end), and planning
+/// cannot be interrupted: this keeps it well under a second.
+pub const MAX_SUBQUERY_DEPTH: usize = 8;
+
+/// Most tables a statement may read once its WITH queries are expanded (a WITH query
+/// read twice counts twice): WITH queries that each read the one before twice make a
+/// plan twice as large at every step.
+pub const MAX_RELATIONS: usize = 64;
+
 /// Most tokens (words, numbers, operators) one statement may have: about 500 KB of
 /// SQL. It bounds how deep a statement refused by [`MAX_EXPR_DEPTH`] can be, since
 /// that statement must still be dropped, which recurses.

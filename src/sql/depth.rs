@@ -21,12 +21,14 @@
 
 use std::ops::ControlFlow;
 
-use datafusion::sql::sqlparser::ast::{Expr, Query, SetExpr, Statement, Visit, Visitor};
+use datafusion::sql::sqlparser::ast::{
+    Expr, ObjectName, Query, SetExpr, Spanned, Statement, Visit, Visitor,
+};
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan};
 
 use crate::error::{Error, Position, Result};
-pub use crate::limits::{MAX_EXPR_DEPTH, MAX_STATEMENT_TOKENS};
+pub use crate::limits::{MAX_EXPR_DEPTH, MAX_RELATIONS, MAX_STATEMENT_TOKENS, MAX_SUBQUERY_DEPTH};
 
 /// Refuses, before parsing, a statement of more than [`MAX_STATEMENT_TOKENS`] tokens
 /// (whitespace and comments do not count; `;` ends a statement), and one whose
@@ -71,8 +73,10 @@ pub fn check_tokens(tokens: &[TokenWithSpan]) -> Result<()> {
             _ => None,
         };
         match (&t.token, keyword) {
-            (Token::LParen | Token::LBracket, _) | (_, Some(Keyword::CASE)) => open += 1,
-            (Token::RParen | Token::RBracket, _) | (_, Some(Keyword::END)) => {
+            (Token::LParen | Token::LBracket | Token::LBrace, _) | (_, Some(Keyword::CASE)) => {
+                open += 1
+            }
+            (Token::RParen | Token::RBracket | Token::RBrace, _) | (_, Some(Keyword::END)) => {
                 open = open.saturating_sub(1)
             }
             _ => {}
@@ -111,7 +115,13 @@ pub fn check_depth(statement: &Statement, fallback: Position) -> Result<()> {
         queries: Vec::new(),
         fallback,
     };
-    match statement.visit(&mut v) {
+    if let ControlFlow::Break(e) = statement.visit(&mut v) {
+        return Err(e);
+    }
+    // Only now, with the depth known to be within bounds, may the statement be
+    // walked again.
+    let mut r = Relations::new(Vec::new(), fallback);
+    match statement.visit(&mut r) {
         ControlFlow::Continue(()) => Ok(()),
         ControlFlow::Break(e) => Err(e),
     }
@@ -137,9 +147,118 @@ pub fn check_query_depth(query: &Query, fallback: Position) -> Result<()> {
         queries: Vec::new(),
         fallback,
     };
-    match query.visit(&mut v) {
+    if let ControlFlow::Break(e) = query.visit(&mut v) {
+        return Err(e);
+    }
+    let mut r = Relations::new(Vec::new(), fallback);
+    match query.visit(&mut r) {
         ControlFlow::Continue(()) => Ok(()),
         ControlFlow::Break(e) => Err(e),
+    }
+}
+
+/// Counts the tables a statement reads with its WITH queries expanded: a reference to
+/// a WITH query weighs what that query reads (itself expanded), and each WITH query
+/// must be within the limit on its own (DataFusion plans every one).
+struct Relations {
+    /// The WITH queries in scope, innermost last, with their weights.
+    scopes: Vec<Vec<(String, u128)>>,
+    total: u128,
+    fallback: Position,
+    /// Bodies of WITH queries (weighed on their own): not counted where they stand.
+    bodies: Vec<*const Query>,
+    /// For each open query, whether it is such a body.
+    muted: Vec<bool>,
+}
+
+impl Relations {
+    fn new(scopes: Vec<Vec<(String, u128)>>, fallback: Position) -> Self {
+        Relations {
+            scopes,
+            total: 0,
+            fallback,
+            bodies: Vec::new(),
+            muted: Vec::new(),
+        }
+    }
+
+    fn weight(&self, name: &str) -> u128 {
+        self.scopes
+            .iter()
+            .rev()
+            .flat_map(|s| s.iter().rev())
+            .find(|(n, _)| n == name)
+            .map_or(1, |(_, w)| *w)
+    }
+
+    fn too_many(&self, at: Location) -> Error {
+        let at = if at.line > 0 {
+            Position {
+                line: at.line,
+                column: at.column,
+            }
+        } else {
+            self.fallback
+        };
+        Error::user_at(
+            format!(
+                "the statement reads more than {MAX_RELATIONS} tables once its WITH queries \
+                 are expanded (a WITH query read twice counts twice), the most Sluice plans: \
+                 read fewer, or read a WITH query fewer times"
+            ),
+            at,
+        )
+    }
+}
+
+impl Visitor for Relations {
+    type Break = Error;
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<Error> {
+        let body = self.bodies.iter().any(|b| std::ptr::eq(*b, query));
+        self.muted.push(body);
+        let mut frame: Vec<(String, u128)> = Vec::new();
+        if let Some(with) = &query.with {
+            for cte in &with.cte_tables {
+                // What the WITH query reads, with the ones before it in scope.
+                let mut scopes = self.scopes.clone();
+                scopes.push(frame.clone());
+                let mut inner = Relations::new(scopes, self.fallback);
+                if let ControlFlow::Break(e) = cte.query.visit(&mut inner) {
+                    return ControlFlow::Break(e);
+                }
+                if inner.total > MAX_RELATIONS as u128 {
+                    return ControlFlow::Break(self.too_many(cte.alias.name.span.start));
+                }
+                frame.push((cte.alias.name.value.clone(), inner.total.max(1)));
+                self.bodies.push(cte.query.as_ref());
+            }
+        }
+        self.scopes.push(frame);
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_query(&mut self, _: &Query) -> ControlFlow<Error> {
+        self.scopes.pop();
+        self.muted.pop();
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<Error> {
+        if self.muted.iter().any(|&m| m) {
+            return ControlFlow::Continue(());
+        }
+        let name = relation
+            .0
+            .last()
+            .and_then(|p| p.as_ident())
+            .map(|i| i.value.as_str())
+            .unwrap_or_default();
+        self.total = self.total.saturating_add(self.weight(name));
+        if self.total > MAX_RELATIONS as u128 {
+            return ControlFlow::Break(self.too_many(relation.span().start));
+        }
+        ControlFlow::Continue(())
     }
 }
 
@@ -225,6 +344,7 @@ fn query_start(q: &Query) -> Option<Location> {
     loop {
         body = match body {
             SetExpr::Select(s) => return Some(s.select_token.0.span.start),
+            SetExpr::Values(v) => return v.rows.first()?.first().and_then(start_of),
             SetExpr::SetOperation { left, .. } => left,
             SetExpr::Query(q) => q.body.as_ref(),
             _ => return None,
@@ -258,6 +378,23 @@ impl Visitor for Depth {
     /// … UNION …` is as deep as it is long: measured here, down its left side without
     /// recursion, before the visitor descends into it.
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<Error> {
+        if self.queries.len() > MAX_SUBQUERY_DEPTH {
+            let at = match query_start(query) {
+                Some(l) if l.line > 0 => Position {
+                    line: l.line,
+                    column: l.column,
+                },
+                _ => self.fallback,
+            };
+            return ControlFlow::Break(Error::user_at(
+                format!(
+                    "subqueries are nested more than {MAX_SUBQUERY_DEPTH} deep here, the most \
+                     Sluice plans (planning time doubles with each level): flatten them, for \
+                     example into joins or WITH queries"
+                ),
+                at,
+            ));
+        }
         let mut chain = 0usize;
         let mut body = query.body.as_ref();
         while let SetExpr::SetOperation { left, .. } = body {
@@ -287,7 +424,7 @@ impl Visitor for Depth {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use crate::runtime::Step;
 
     /// Expressions nested `n` levels in every way SQL can nest, each as the select
@@ -345,6 +482,7 @@ mod tests {
                         Err(e) => e.to_string(),
                     };
                     let clear = err.contains("nested more than 256 levels deep")
+                        || err.contains("nested more than 8 deep")
                         || err.contains("longer than 100000 tokens");
                     if !clear || !err.starts_with("2:") {
                         wrong.push(format!("{shape} × {n}: {err}"));

@@ -21,7 +21,7 @@ use crate::error::{Error, Position, Result};
 /// clearer message; this is the backstop, above what one level of nesting costs the
 /// parser (up to 3 recursions, for a subquery in brackets), on the stack that
 /// [`crate::limits::with_stack`] gives.
-const RECURSION_LIMIT: usize = 3 * crate::limits::MAX_EXPR_DEPTH + 50;
+pub(crate) const RECURSION_LIMIT: usize = 3 * crate::limits::MAX_EXPR_DEPTH + 50;
 
 /// Parses a whole application (one SQL file) into located statements, each within
 /// the size and depth limits of [`super::depth`]. Callers run it on a stack sized for
