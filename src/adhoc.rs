@@ -8,7 +8,8 @@
 //! `EXPLAIN` of those) runs; DDL, DML, `COPY` and `SET` are refused before planning, and
 //! no table can name a file or URL (only the tables registered here exist). Each
 //! query runs in its own session with a memory pool (no spilling to disk), a timeout
-//! and a row limit.
+//! and a row limit, which every operator of its plan obeys (`guard`), on threads apart
+//! from the API and the streams, a bounded number at a time (`executor`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -14,7 +14,7 @@
 //!  aws       how the Kinesis and DynamoDB connectors reach AWS (or an emulator)
 //!  tables    embedded alert tables: written by the `table` sink, read by api/
 //!  adhoc     ad hoc SQL over what sinks stored (archives, tables): POST /query,
-//!            `sluice query`
+//!            `sluice query`, on an executor of its own
 //!  limits    the hard limits on statements and records (expression depth, windows
 //!            per record, value sizes) and the stack statements run on (below all)
 //!  render    values as text and rows as JSON, one way for every sink, the WebSocket,
