@@ -211,8 +211,8 @@ pub fn errors_batch(query: &str, stream: &str, errors: &[RecordError]) -> Result
 /// limits (a query's expressions recurse as deep as they nest), and a panic anywhere
 /// in it (a bug in Sluice or in a DataFusion function) fails this query with the
 /// panic's message instead of the stream task that runs it and every other query on
-/// that stream. A query that panicked is not stepped again: its state may be half
-/// updated.
+/// that stream. The stream task then drops the query, whose state may be half
+/// updated, and goes on with the others.
 pub(crate) fn step_query(
     q: &mut Query,
     decoded: &Decoded,
