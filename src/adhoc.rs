@@ -8,7 +8,8 @@
 //! `EXPLAIN` of those) runs; DDL, DML, `COPY` and `SET` are refused before planning, and
 //! no table can name a file or URL (only the tables registered here exist). Each
 //! query runs in its own session with a memory pool (no spilling to disk), a timeout
-//! and a row limit.
+//! and a row limit, which every operator of its plan obeys (`guard`), on threads apart
+//! from the API and the streams, a bounded number at a time (`executor`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{SetExpr, Statement};
@@ -43,17 +45,30 @@ use crate::sinks::archive::{ArchiveConfig, Format};
 use crate::sql::diagnose::{self, Scope};
 use crate::tables;
 
-/// Limits of one ad hoc query.
+mod executor;
+mod guard;
+
+pub use executor::{AdhocError, Executor};
+use guard::Stop;
+
+/// Limits of ad hoc queries.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Rows returned when the request names no limit.
     pub default_rows: usize,
     /// Most rows a request may ask for.
     pub max_rows: usize,
+    /// How long one query may run; every operator stops at it.
     pub timeout: Duration,
-    /// Memory for the query's operators (sorts, aggregates, joins); beyond it the
-    /// query fails instead of growing.
+    /// Memory for one query's operators (sorts, aggregates, joins, and every batch
+    /// each operator hands on); beyond it the query fails instead of growing.
     pub memory_bytes: usize,
+    /// Threads the [`Executor`] runs queries on, apart from the API and the streams.
+    pub threads: usize,
+    /// Queries the [`Executor`] runs at once.
+    pub concurrency: usize,
+    /// Queries that may wait for a turn; more are refused (503, `Retry-After`).
+    pub queue: usize,
 }
 
 impl Default for Limits {
@@ -63,6 +78,9 @@ impl Default for Limits {
             max_rows: 100_000,
             timeout: Duration::from_secs(30),
             memory_bytes: 256 << 20,
+            threads: 1,
+            concurrency: 2,
+            queue: 4,
         }
     }
 }
@@ -95,12 +113,50 @@ pub struct QueryOutput {
     pub elapsed: Duration,
 }
 
-/// Runs one read-only statement; `limit` defaults to and is capped by `limits`.
+/// Runs one read-only statement; `limit` defaults to and is capped by `limits`, and
+/// every operator stops at the timeout and counts its batches against the memory
+/// limit (see `guard`). This runs on the caller's runtime; the server and `sluice
+/// query` run it through an [`Executor`], on threads of its own.
 pub async fn run(
     sql: &str,
     limit: Option<usize>,
     sources: &Sources,
     limits: &Limits,
+) -> Result<QueryOutput> {
+    let stop = Stop {
+        deadline: Instant::now() + limits.timeout,
+        cancelled: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    };
+    // The guards stop the work at the deadline; this stops waiting for it, should
+    // the query be somewhere no guard is (listing a slow store).
+    let grace = Duration::from_secs(1);
+    match tokio::time::timeout(
+        limits.timeout + grace,
+        run_until(sql, limit, sources, limits, stop),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(timeout_error(limits)),
+    }
+}
+
+/// The refusal of a query that reached its time limit.
+fn timeout_error(limits: &Limits) -> Error {
+    Error::user(format!(
+        "the query ran longer than {} s and was stopped; narrow it (a filter on the \
+         partition columns skips whole partitions)",
+        limits.timeout.as_secs()
+    ))
+}
+
+/// [`run`], stopping at `stop`.
+async fn run_until(
+    sql: &str,
+    limit: Option<usize>,
+    sources: &Sources,
+    limits: &Limits,
+    stop: Stop,
 ) -> Result<QueryOutput> {
     let started = Instant::now();
     let limit = limit.unwrap_or(limits.default_rows);
@@ -110,86 +166,116 @@ pub async fn run(
             limits.max_rows
         )));
     }
-    let work = async {
-        let ctx = session(limits)?;
-        let state = ctx.state();
-        let parsed = state
-            .sql_to_statement(sql, &datafusion::config::Dialect::Generic)
-            .map_err(|e| sql_error(e, None))?;
-        check_read_only(&parsed)?;
-        let references = state
-            .resolve_table_references(&parsed)
-            .map_err(|e| sql_error(e, None))?;
-        for r in references {
-            register(&ctx, r.table(), sources).await?;
+    // Whatever failed once the deadline passed, failed because of it.
+    let stopped = |e: Error| {
+        if stop.cancelled.load(std::sync::atomic::Ordering::Relaxed)
+            || Instant::now() >= stop.deadline
+        {
+            timeout_error(limits)
+        } else {
+            e
         }
-        let state = ctx.state();
-        let query = match &parsed {
-            DfStatement::Statement(s) => match s.as_ref() {
-                Statement::Query(q) => Some(q.as_ref().clone()),
-                _ => None,
-            },
-            _ => None,
-        };
-        let names = table_names(sources).into_iter().map(|(n, _)| n).collect();
-        let scope = Scope {
-            query: query.as_ref(),
-            text: Some((sql, Position { line: 1, column: 1 })),
-            relations: Some(("table", names)),
-            ..Scope::new(&state)
-        };
-        let plan = state
-            .statement_to_plan(parsed)
-            .await
-            .map_err(|e| sql_error(e, Some(&scope)))?;
-        // Defence in depth: the statement check above already refused these.
-        SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false)
-            .verify_plan(&plan)
-            .map_err(|e| sql_error(e, Some(&scope)))?;
-        let df = ctx
-            .execute_logical_plan(plan)
-            .await
-            .map_err(|e| sql_error(e, Some(&scope)))?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        // Optimizing happens here, and with it constant folding: `seq > 'many'`.
-        let mut stream = df
-            .execute_stream()
-            .await
-            .map_err(|e| sql_error(e, Some(&scope)))?;
-        let (mut batches, mut rows, mut truncated) = (Vec::new(), 0usize, false);
-        while let Some(b) = stream.next().await {
-            let b = b.map_err(Error::from)?;
-            let room = limit - rows;
-            if b.num_rows() > room {
-                truncated = true;
-                if room > 0 {
-                    batches.push(b.slice(0, room));
-                    rows += room;
-                }
-                break;
-            }
-            rows += b.num_rows();
-            batches.push(b);
-        }
-        Ok::<_, Error>(QueryOutput {
-            schema,
-            batches,
-            rows,
-            truncated,
-            elapsed: started.elapsed(),
-        })
     };
-    match tokio::time::timeout(limits.timeout, work).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::user(format!(
-            "the query ran longer than {} s and was stopped; narrow it (a filter on the \
-             partition columns skips whole partitions)",
-            limits.timeout.as_secs()
-        ))),
+    let ctx = session(limits)?;
+    let state = ctx.state();
+    let parsed = parse(&state, sql)?;
+    let references = state
+        .resolve_table_references(&parsed)
+        .map_err(|e| sql_error(e, None))?;
+    for r in references {
+        register(&ctx, r.table(), sources).await.map_err(stopped)?;
     }
+    let state = ctx.state();
+    let query = match &parsed {
+        DfStatement::Statement(s) => match s.as_ref() {
+            Statement::Query(q) => Some(q.as_ref().clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let names = table_names(sources).into_iter().map(|(n, _)| n).collect();
+    let scope = Scope {
+        query: query.as_ref(),
+        text: Some((sql, Position { line: 1, column: 1 })),
+        relations: Some(("table", names)),
+        ..Scope::new(&state)
+    };
+    let plan = state
+        .statement_to_plan(parsed)
+        .await
+        .map_err(|e| sql_error(e, Some(&scope)))?;
+    // Defence in depth: the statement check above already refused these.
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|e| sql_error(e, Some(&scope)))?;
+    let df = ctx
+        .execute_logical_plan(plan)
+        .await
+        .map_err(|e| sql_error(e, Some(&scope)))?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    // Optimizing happens here, and with it constant folding: `seq > 'many'`.
+    let physical = df
+        .create_physical_plan()
+        .await
+        .map_err(|e| sql_error(e, Some(&scope)))?;
+    check_constants(&physical)?;
+    let physical = guard::guard_plan(physical, &stop, limits.memory_bytes)?;
+    let mut stream = datafusion::physical_plan::execute_stream(physical, ctx.task_ctx())
+        .map_err(|e| execution_error(e, limits))?;
+    let (mut batches, mut rows, mut truncated) = (Vec::new(), 0usize, false);
+    while let Some(b) = stream.next().await {
+        let b = b.map_err(|e| stopped(execution_error(e, limits)))?;
+        let room = limit - rows;
+        if b.num_rows() > room {
+            truncated = true;
+            if room > 0 {
+                batches.push(b.slice(0, room));
+                rows += room;
+            }
+            break;
+        }
+        rows += b.num_rows();
+        batches.push(b);
+    }
+    Ok(QueryOutput {
+        schema,
+        batches,
+        rows,
+        truncated,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Refuses a plan holding a constant too large to copy into every row of a batch.
+fn check_constants(plan: &Arc<dyn ExecutionPlan>) -> Result<()> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut found = Ok(());
+    plan.apply(|node| {
+        node.apply_expressions(&mut |e| {
+            found = crate::sql::bounded::check_constants(e);
+            Ok(match found {
+                Ok(()) => TreeNodeRecursion::Continue,
+                Err(_) => TreeNodeRecursion::Stop,
+            })
+        })
+    })?;
+    found
+}
+
+/// An error met while the query ran, in Sluice's words when it is about a limit.
+fn execution_error(e: DataFusionError, limits: &Limits) -> Error {
+    let root = e.find_root();
+    if let DataFusionError::ResourcesExhausted(_) = root {
+        return Error::user(format!(
+            "the query needs more than the {} of memory an ad hoc query may use; narrow it \
+             (fewer rows or columns, a LIMIT, a filter on the partition columns) ({root})",
+            crate::limits::fmt_bytes(limits.memory_bytes as u128),
+        ));
+    }
+    Error::from(e)
 }
 
 /// The names ad hoc SQL can query: archive sinks and embedded tables, with what
@@ -222,31 +308,65 @@ fn session(limits: &Limits) -> Result<SessionContext> {
         .build_arc()?;
     let mut config = SessionConfig::new()
         .with_information_schema(false)
-        .with_target_partitions(2);
+        .with_target_partitions(2)
+        // The batch length constants and value limits are sized for (limits.rs).
+        .with_batch_size(crate::limits::MAX_BATCH_ROWS);
     // Positions for planning errors. URL tables (`SELECT * FROM 'file.csv'`) stay
     // off (DataFusion's default): only the tables registered here exist.
     let opts = config.options_mut();
     opts.sql_parser.collect_spans = true;
     // Case-sensitive identifiers, as in continuous queries: `deviceId` as written.
     opts.sql_parser.enable_ident_normalization = false;
-    Ok(SessionContext::new_with_config_rt(config, runtime))
+    // Nesting is limited as for continuous queries (`sql::depth`), with the same
+    // backstop in the parser.
+    opts.sql_parser.recursion_limit = datafusion::common::config::ConfigNonZeroUsize::try_new(
+        crate::sql::parser::RECURSION_LIMIT,
+    )?;
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    // Functions whose output a number decides check its size before they run
+    // (`range(0, 3e8)` would make a 2.4 GB list outside the memory pool).
+    for f in crate::sql::bounded::bounded_functions(ctx.state().scalar_functions()) {
+        ctx.register_udf(f);
+    }
+    Ok(ctx)
+}
+
+/// Parses the one statement, within the size and depth limits of `sql::depth` and
+/// read-only. On a stack sized for those limits: a refused statement is dropped here.
+fn parse(state: &datafusion::execution::SessionState, sql: &str) -> Result<DfStatement> {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::tokenizer::Tokenizer;
+    crate::limits::with_stack(|| {
+        let tokens = Tokenizer::new(&GenericDialect {}, sql)
+            .tokenize_with_location()
+            .map_err(|e| crate::sql::parser::parser_error(e.into()))?;
+        crate::sql::depth::check_tokens(&tokens)?;
+        drop(tokens);
+        let parsed = state
+            .sql_to_statement(sql, &datafusion::config::Dialect::Generic)
+            .map_err(|e| sql_error(e, None))?;
+        let statement = check_read_only(&parsed)?;
+        crate::sql::depth::check_depth(statement, Position { line: 1, column: 1 })?;
+        Ok(parsed)
+    })
 }
 
 /// Refuses everything but a query (or EXPLAIN of one): SET would change limits, and
 /// DDL/DML/COPY would read or write files.
-fn check_read_only(s: &DfStatement) -> Result<()> {
+/// Returns the statement that holds the query.
+fn check_read_only(s: &DfStatement) -> Result<&Statement> {
     let query = match s {
         DfStatement::Statement(st) => match st.as_ref() {
-            Statement::Query(q) => Some(q),
+            Statement::Query(q) => Some((q, st.as_ref())),
             Statement::Explain { statement, .. } => match statement.as_ref() {
-                Statement::Query(q) => Some(q),
+                Statement::Query(q) => Some((q, statement.as_ref())),
                 _ => None,
             },
             _ => None,
         },
         DfStatement::Explain(e) => match e.statement.as_ref() {
             DfStatement::Statement(st) => match st.as_ref() {
-                Statement::Query(q) => Some(q),
+                Statement::Query(q) => Some((q, st.as_ref())),
                 _ => None,
             },
             _ => None,
@@ -254,7 +374,7 @@ fn check_read_only(s: &DfStatement) -> Result<()> {
         _ => None,
     };
     match query {
-        Some(q)
+        Some((q, statement))
             if !matches!(
                 q.body.as_ref(),
                 SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)
@@ -267,7 +387,7 @@ fn check_read_only(s: &DfStatement) -> Result<()> {
                     "SELECT INTO creates a table: ad hoc SQL is read-only",
                 ));
             }
-            Ok(())
+            Ok(statement)
         }
         _ => Err(Error::user_at(
             "ad hoc SQL is read-only: one SELECT (or WITH … SELECT, VALUES, EXPLAIN) per request",
@@ -608,5 +728,102 @@ fn csv_field(value: &str, out: &mut String) {
         out.push('"');
     } else {
         out.push_str(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{AdhocError, Executor, Limits, Sources};
+
+    /// Every kind of nesting at every size, as ad hoc SQL through the executor: each
+    /// runs or is refused with a positioned error, and none overflows a stack.
+    #[tokio::test]
+    async fn deep_nesting_of_every_kind_is_refused_cleanly() {
+        let executor = Executor::new(Limits::default());
+        let mut wrong = Vec::new();
+        for n in [1, 50, 255, 257, 2_000, 40_000] {
+            for (shape, e) in crate::sql::depth::tests::shapes(n) {
+                let sql = format!(
+                    "SELECT {e} AS y FROM (VALUES (CAST(3 AS BIGINT), TIMESTAMP '2024-01-01')) \
+                     AS s(x, ts)"
+                );
+                let result = executor.run(&sql, None, Sources::default()).await;
+                let err = match result {
+                    Ok(_) => continue,
+                    Err(AdhocError::Query(e)) => e,
+                    Err(AdhocError::Busy { message, .. }) => panic!("{message}"),
+                };
+                // (Some shapes are type errors DataFusion calls internal: that is
+                // its classification; what matters here is the refusal.)
+                let text = err.to_string();
+                let clear = text.contains("nested more than 256 levels deep")
+                    || text.contains("nested more than 8 deep")
+                    || text.contains("longer than 100000 tokens");
+                if n >= 2_000 && shape != "in list" && (!clear || !text.starts_with("1:")) {
+                    wrong.push(format!("{shape} × {n}: {text}"));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "unclear refusals:\n{}", wrong.join("\n"));
+    }
+
+    /// Statements whose planning time DataFusion doubles with each level (nested
+    /// subqueries, WITH queries that each read the one before twice) are refused
+    /// before planning, at once, since planning cannot be interrupted.
+    #[tokio::test]
+    async fn statements_that_take_exponential_time_to_plan_are_refused_at_once() {
+        let executor = Executor::new(Limits::default());
+        let n = 24;
+        let nested_in = format!(
+            "SELECT 1 FROM (VALUES (1)) AS t(x) WHERE x IN {} (SELECT 1) {}",
+            "(SELECT x FROM (VALUES (1)) AS u(x) WHERE x IN ".repeat(n),
+            ")".repeat(n)
+        );
+        let mut diamond = String::from("WITH c0 AS (SELECT 1 AS x)");
+        for i in 1..=n {
+            diamond.push_str(&format!(
+                ", c{i} AS (SELECT a.x FROM c{} a, c{} b)",
+                i - 1,
+                i - 1
+            ));
+        }
+        diamond.push_str(&format!(" SELECT count(*) FROM c{n}"));
+        for (sql, expected) in [
+            (
+                nested_in,
+                "1:400: subqueries are nested more than 8 deep here",
+            ),
+            (
+                diamond,
+                "1:274: the statement reads more than 64 tables once its WITH queries are expanded",
+            ),
+        ] {
+            let started = std::time::Instant::now();
+            let err = match executor.run(&sql, None, Sources::default()).await {
+                Err(AdhocError::Query(e)) => e.to_string(),
+                other => panic!("{other:?}"),
+            };
+            assert!(err.starts_with(expected), "{err}");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(2),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+        // Within the limits both plan.
+        let mut chain = String::from("WITH c0 AS (SELECT 1 AS x)");
+        for i in 1..=5 {
+            chain.push_str(&format!(
+                ", c{i} AS (SELECT a.x FROM c{} a, c{} b)",
+                i - 1,
+                i - 1
+            ));
+        }
+        chain.push_str(" SELECT count(*) AS n FROM c5");
+        let out = executor
+            .run(&chain, None, Sources::default())
+            .await
+            .unwrap();
+        assert_eq!(out.rows, 1);
     }
 }

@@ -16,7 +16,9 @@
 //!            (the operator's allow-lists; below sources and sinks, imports neither)
 //!  tables    embedded alert tables: written by the `table` sink, read by api/
 //!  adhoc     ad hoc SQL over what sinks stored (archives, tables): POST /query,
-//!            `sluice query`
+//!            `sluice query`, on an executor of its own
+//!  limits    the hard limits on statements and records (expression depth, windows
+//!            per record, value sizes) and the stack statements run on (below all)
 //!  render    values as text and rows as JSON, one way for every sink, the WebSocket,
 //!            `sluice run`, error payloads and ad hoc output (below sinks, api, runtime
 //!            and adhoc; imports none of them)
@@ -41,6 +43,7 @@ pub mod decode;
 pub mod engine;
 pub mod error;
 pub mod health;
+pub mod limits;
 pub mod reach;
 pub mod render;
 pub mod runtime;

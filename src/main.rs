@@ -112,6 +112,16 @@ struct ServeArgs {
     /// repeatable. None by default.
     #[arg(long, value_name = "HOST[:PORT]", env = "SLUICE_ALLOW_MQTT", value_delimiter = ',', value_parser = host_port)]
     allow_mqtt: Vec<HostPort>,
+    /// Threads ad hoc queries run on, apart from the API and the streams.
+    #[arg(long, env = "SLUICE_ADHOC_THREADS", default_value_t = 1)]
+    adhoc_threads: usize,
+    /// Ad hoc queries that run at once.
+    #[arg(long, env = "SLUICE_ADHOC_CONCURRENCY", default_value_t = 2)]
+    adhoc_concurrency: usize,
+    /// Ad hoc queries that may wait for a turn; more are refused with 503 and
+    /// Retry-After.
+    #[arg(long, env = "SLUICE_ADHOC_QUEUE", default_value_t = 4)]
+    adhoc_queue: usize,
 }
 
 fn host_port(s: &str) -> Result<HostPort, String> {
@@ -289,6 +299,8 @@ fn run(file: PathBuf) -> CliResult {
     })?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Queries are evaluated on these threads: room for their deepest expressions.
+        .thread_stack_size(sluice::limits::WORKER_STACK_BYTES)
         .build()
         .map_err(|e| (None, Error::internal(e.to_string())))?;
     rt.block_on(async {
@@ -338,6 +350,8 @@ fn run(file: PathBuf) -> CliResult {
 fn serve(args: ServeArgs) -> CliResult {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Queries are evaluated on these threads: room for their deepest expressions.
+        .thread_stack_size(sluice::limits::WORKER_STACK_BYTES)
         .build()
         .map_err(|e| (None, Error::internal(e.to_string())))?;
     rt.block_on(async move {
@@ -395,6 +409,9 @@ fn serve(args: ServeArgs) -> CliResult {
                 adhoc: sluice::adhoc::Limits {
                     timeout: std::time::Duration::from_secs(args.adhoc_timeout_secs),
                     memory_bytes: args.adhoc_memory_mb << 20,
+                    threads: args.adhoc_threads,
+                    concurrency: args.adhoc_concurrency,
+                    queue: args.adhoc_queue,
                     ..Default::default()
                 },
                 ..Default::default()
@@ -444,15 +461,19 @@ fn query(args: QueryArgs) -> CliResult {
         timeout: std::time::Duration::from_secs(args.timeout_secs),
         ..Default::default()
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // The query runs on the executor's threads (stacks sized for the statement
+    // limits); this runtime only waits for it.
+    let executor = adhoc::Executor::new(limits);
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| (None, Error::internal(e.to_string())))?;
     rt.block_on(async move {
         let sources = adhoc::sources_from_data_dir(&args.data_dir).map_err(|e| (None, e))?;
-        let out = adhoc::run(&args.sql, Some(args.limit), &sources, &limits)
+        let out = executor
+            .run(&args.sql, Some(args.limit), sources)
             .await
-            .map_err(|e| (None, e))?;
+            .map_err(|e| (None, Error::from(e)))?;
         let bytes = out.encode(format).map_err(|e| (None, e))?;
         let mut stdout = std::io::stdout().lock();
         stdout

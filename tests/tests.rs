@@ -9,6 +9,7 @@ mod differential;
 mod dynamodb;
 mod faults;
 mod kinesis;
+mod limits;
 mod mosquitto;
 mod moto;
 mod mqtt;

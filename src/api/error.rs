@@ -15,6 +15,8 @@ pub struct ApiError {
     kind: &'static str,
     message: String,
     position: Option<Position>,
+    /// Seconds after which the request may be tried again (`Retry-After`).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -24,6 +26,7 @@ impl ApiError {
             kind,
             message: message.into(),
             position: None,
+            retry_after: None,
         }
     }
     pub fn bad_request(m: impl Into<String>) -> Self {
@@ -55,6 +58,14 @@ impl ApiError {
             "internal error (logged)",
         )
     }
+    /// The server is busy with other work of this kind: 503, to be tried again after
+    /// `retry_after`.
+    pub fn busy(m: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        ApiError {
+            retry_after: Some(retry_after.as_secs().max(1)),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", m)
+        }
+    }
     /// A rejection from an axum extractor (body too large, bad content type, …).
     pub fn from_rejection(status: StatusCode, m: String) -> Self {
         let kind = match status {
@@ -73,6 +84,7 @@ impl ApiError {
                 kind: "conflict",
                 message,
                 position,
+                retry_after: None,
             },
             other => other.into(),
         }
@@ -87,12 +99,14 @@ impl From<Error> for ApiError {
                 kind: "invalid",
                 message,
                 position,
+                retry_after: None,
             },
             Error::Conflict { message, position } => ApiError {
                 status: StatusCode::CONFLICT,
                 kind: "conflict",
                 message,
                 position,
+                retry_after: None,
             },
             Error::External(m) => {
                 tracing::warn!("external failure: {m}");
@@ -109,6 +123,12 @@ impl IntoResponse for ApiError {
         if let Some(p) = self.position {
             body["position"] = json!({ "line": p.line, "column": p.column });
         }
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }

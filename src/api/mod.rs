@@ -66,12 +66,15 @@ impl Default for ApiOptions {
 pub(crate) struct AppState {
     manager: Arc<Manager>,
     options: Arc<ApiOptions>,
+    /// Runs `POST /query` apart from the API's and the streams' threads.
+    adhoc: Arc<crate::adhoc::Executor>,
 }
 
 /// The whole API as a router.
 pub fn app(manager: Arc<Manager>, options: ApiOptions) -> Router {
     let state = AppState {
         manager,
+        adhoc: Arc::new(crate::adhoc::Executor::new(options.adhoc.clone())),
         options: Arc::new(options),
     };
     let ingest_limit = state.options.max_ingest_bytes;
@@ -719,7 +722,7 @@ async fn adhoc_query(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    use crate::adhoc::{self, OutputFormat};
+    use crate::adhoc::{AdhocError, OutputFormat};
     let req: QueryRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
             "the body must be JSON {{\"sql\": \"SELECT …\", \"limit\"?: n, \"format\"?: \"json|csv|arrow\"}}: {e}"
@@ -745,7 +748,14 @@ async fn adhoc_query(
         return Err(ApiError::bad_request("format must be json, csv or arrow"));
     }
     let sources = state.manager.adhoc_sources();
-    let out = adhoc::run(&req.sql, req.limit, &sources, &state.options.adhoc).await?;
+    let out = match state.adhoc.run(&req.sql, req.limit, sources).await {
+        Ok(out) => out,
+        Err(AdhocError::Busy {
+            message,
+            retry_after,
+        }) => return Err(ApiError::busy(message, retry_after)),
+        Err(AdhocError::Query(e)) => return Err(e.into()),
+    };
     let body = out.encode(format)?;
     Ok((
         [

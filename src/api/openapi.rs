@@ -126,7 +126,7 @@ pub(super) async fn document() -> Json<Value> {
                     } },
                     "400": error_response("not a read-only query, bad SQL (with its position), over a limit"),
                     "401": error_response("missing or wrong token"),
-                    "503": error_response("a store could not be read")
+                    "503": error_response("a store could not be read, or every ad hoc query slot and queue place is taken (kind busy, with Retry-After)")
                 }
             } });
     let table_items = json!({ "get": {

@@ -119,14 +119,27 @@ impl Catalog {
         if !self.applications.contains_key(app) {
             return Err(Error::user(format!("application '{app}' does not exist")));
         }
-        let mut next = self.clone();
-        let changes = next.drop_unlisted(app, &BTreeSet::new())?;
-        next.applications.remove(app);
-        *self = next;
-        Ok(changes)
+        crate::limits::with_stack(|| {
+            let mut next = self.clone();
+            let changes = next.drop_unlisted(app, &BTreeSet::new())?;
+            next.applications.remove(app);
+            *self = next;
+            Ok(changes)
+        })
     }
 
     fn apply_scoped(
+        &mut self,
+        sql: &str,
+        scope: Scope,
+        connectors: &dyn ConnectorCheck,
+    ) -> Result<Vec<Change>> {
+        // Parsing and planning recurse over each statement, and the catalog replaced
+        // is dropped here too: on a stack sized for the statement limits.
+        crate::limits::with_stack(|| self.apply_scoped_now(sql, scope, connectors))
+    }
+
+    fn apply_scoped_now(
         &mut self,
         sql: &str,
         scope: Scope,

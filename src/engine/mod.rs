@@ -26,6 +26,7 @@ use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 
 use crate::error::{RecordError, RecordErrorKind, Result};
+use crate::limits::{MAX_BATCH_ROWS, MAX_VALUE_BYTES, fmt_bytes, max_row_bytes, row_bytes};
 use crate::render;
 use aggregate::{AggregatePlan, WindowAggregate};
 use session::SessionAggregate;
@@ -130,20 +131,35 @@ impl Query {
     /// once; windowed ones emit when [`Query::advance`] closes windows.
     pub fn push(&mut self, batch: &RecordBatch, arrival_ms: i64) -> Result<Emitted> {
         let mut out = Emitted::default();
-        if batch.num_rows() == 0 {
-            return Ok(out);
+        // A batch is evaluated in slices of at most MAX_BATCH_ROWS: what a query makes
+        // of a batch (a constant copied into every row, a function's output) is
+        // bounded for batches that long.
+        let mut start = 0;
+        while start < batch.num_rows() {
+            let len = MAX_BATCH_ROWS.min(batch.num_rows() - start);
+            self.push_slice(&batch.slice(start, len), arrival_ms, &mut out)?;
+            start += len;
         }
+        Ok(out)
+    }
+
+    fn push_slice(
+        &mut self,
+        batch: &RecordBatch,
+        arrival_ms: i64,
+        out: &mut Emitted,
+    ) -> Result<()> {
         self.counters.rows_in += batch.num_rows() as u64;
-        let batch = self.split_late(batch, arrival_ms, &mut out)?;
+        let batch = self.split_late(batch, arrival_ms, out)?;
         let input = self.input(&batch)?;
-        if let Err(e) = self.process(&input, &mut out) {
+        if let Err(e) = self.process(&input, out) {
             if !e.is_user() {
                 return Err(e);
             }
             // Some record made an expression fail (a division by zero, a failed
             // CAST): find which, row by row, so only those go to the error output.
             for row in 0..input.num_rows() {
-                if let Err(e) = self.process(&input.slice(row, 1), &mut out) {
+                if let Err(e) = self.process(&input.slice(row, 1), out) {
                     if !e.is_user() {
                         return Err(e);
                     }
@@ -157,7 +173,7 @@ impl Query {
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Runs the query's operators on its input columns.
@@ -165,6 +181,7 @@ impl Query {
         let pre = apply_all(&self.plan.pre, input.clone())?;
         match &mut self.aggregator {
             None => {
+                check_record_sizes(&pre)?;
                 if pre.num_rows() > 0 {
                     self.counters.rows_out += pre.num_rows() as u64;
                     out.batches.push(pre);
@@ -294,6 +311,36 @@ impl std::fmt::Debug for Query {
             .field("counters", &self.counters)
             .finish()
     }
+}
+
+/// Fails (a user error: [`Query::push`] then finds the record, row by row, and sends
+/// it to the error output) when a result record is over [`MAX_VALUE_BYTES`]: a sink,
+/// the WebSocket and the error output's payload would each have to carry it whole.
+fn check_record_sizes(batch: &RecordBatch) -> Result<()> {
+    let widest: usize = batch
+        .columns()
+        .iter()
+        .map(|c| max_row_bytes(c.as_ref()))
+        .sum();
+    if widest <= MAX_VALUE_BYTES {
+        return Ok(());
+    }
+    for row in 0..batch.num_rows() {
+        let bytes: usize = batch
+            .columns()
+            .iter()
+            .map(|c| row_bytes(c.as_ref(), row))
+            .sum();
+        if bytes > MAX_VALUE_BYTES {
+            return Err(crate::error::Error::user(format!(
+                "the query's result for this record is {}, more than the {} one result \
+                 record may be",
+                fmt_bytes(bytes as u128),
+                fmt_bytes(MAX_VALUE_BYTES as u128)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Renders a millisecond timestamp for messages and API fields (a watermark): RFC 3339

@@ -325,7 +325,32 @@ pub fn errors_batch(query: &str, stream: &str, errors: &[RecordError]) -> Result
 /// errors to the query's error output, then applies the new watermark. The decode
 /// errors come first in [`Emitted::errors`], in their order (the manager logs them
 /// once per stream and only the rest per query).
+///
+/// This is the query's boundary: evaluation runs on a stack sized for the statement
+/// limits (a query's expressions recurse as deep as they nest), and a panic anywhere
+/// in it (a bug in Sluice or in a DataFusion function) fails this query with the
+/// panic's message instead of the stream task that runs it and every other query on
+/// that stream. The stream task then drops the query, whose state may be half
+/// updated, and goes on with the others.
 pub(crate) fn step_query(
+    q: &mut Query,
+    decoded: &Decoded,
+    watermark: Option<i64>,
+    arrival_ms: i64,
+) -> Result<Emitted> {
+    crate::limits::with_eval_stack(|| {
+        let step =
+            std::panic::AssertUnwindSafe(|| step_query_now(q, decoded, watermark, arrival_ms));
+        std::panic::catch_unwind(step).unwrap_or_else(|panic| {
+            Err(Error::internal(format!(
+                "the query panicked while evaluating a batch: {}",
+                crate::limits::panic_message(panic.as_ref())
+            )))
+        })
+    })
+}
+
+fn step_query_now(
     q: &mut Query,
     decoded: &Decoded,
     watermark: Option<i64>,
@@ -345,4 +370,98 @@ pub(crate) fn step_query(
         out.batches.extend(q.advance(wm)?.batches);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt;
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::RecordBatch;
+    use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Schema};
+    use datafusion::logical_expr::ColumnarValue;
+    use datafusion::physical_expr::PhysicalExpr;
+
+    use super::step_query;
+    use crate::catalog::Catalog;
+    use crate::decode::{Chunk, Decoded};
+    use crate::engine::Query;
+    use crate::engine::stateless::StatelessOp;
+
+    /// A filter that panics when it runs: a bug in an expression, standing in for
+    /// one in Sluice or in DataFusion.
+    #[derive(Debug, PartialEq, Eq, Hash)]
+    struct Panics;
+
+    impl fmt::Display for Panics {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("panics()")
+        }
+    }
+
+    impl PhysicalExpr for Panics {
+        fn return_field(&self, _: &Schema) -> datafusion::error::Result<FieldRef> {
+            Ok(Arc::new(Field::new("p", DataType::Boolean, false)))
+        }
+        fn evaluate(&self, _: &RecordBatch) -> datafusion::error::Result<ColumnarValue> {
+            panic!("byte array offset overflow")
+        }
+        fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
+            Vec::new()
+        }
+        fn with_new_children(
+            self: Arc<Self>,
+            _: Vec<Arc<dyn PhysicalExpr>>,
+        ) -> datafusion::error::Result<Arc<dyn PhysicalExpr>> {
+            Ok(self)
+        }
+        fn fmt_sql(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("panics()")
+        }
+    }
+
+    /// A panic in a query's evaluation is caught at the query's step: an error that
+    /// fails that query with the panic's message, instead of unwinding through the
+    /// stream task; another query on the same records goes on.
+    #[test]
+    fn a_panic_in_evaluation_fails_only_its_query() {
+        let mut catalog = Catalog::new();
+        catalog
+            .apply(
+                "CREATE STREAM s (x BIGINT) WITH (connector = 'http');\n\
+                 CREATE QUERY good AS SELECT x FROM s;\n\
+                 CREATE QUERY bad AS SELECT x FROM s",
+                &super::Connectors::default(),
+            )
+            .unwrap();
+        let def = catalog.streams["s"].clone();
+        let mut core = super::StreamCore::new(&def, 1, 0).unwrap();
+        let mut good = Query::new(Arc::clone(&catalog.queries["good"].plan)).unwrap();
+        // The same plan with a panicking filter in front.
+        let p = &catalog.queries["bad"].plan;
+        let mut plan = crate::engine::QueryPlan {
+            stream: p.stream.clone(),
+            input: p.input.clone(),
+            input_schema: Arc::clone(&p.input_schema),
+            time_index: p.time_index,
+            pre: p.pre.clone(),
+            aggregate: p.aggregate.clone(),
+            post: p.post.clone(),
+            output_schema: Arc::clone(&p.output_schema),
+        };
+        plan.pre.insert(0, StatelessOp::Filter(Arc::new(Panics)));
+        let mut bad = Query::new(Arc::new(plan)).unwrap();
+        let chunk = Chunk::new(b"{\"x\": 1}\n{\"x\": 2}".to_vec(), 0, 0);
+        let (decoded, wm) = core.ingest(std::slice::from_ref(&chunk), 0).unwrap();
+        let err = step_query(&mut bad, &decoded, wm, 0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "internal error: the query panicked while evaluating a batch: byte array offset overflow"
+        );
+        let out = step_query(&mut good, &decoded, wm, 0).unwrap();
+        assert_eq!(out.rows(), 2);
+        // The thread that caught it goes on stepping queries.
+        let out = step_query(&mut good, &Decoded::default(), None, 0).unwrap();
+        assert_eq!(out.rows(), 0);
+    }
 }

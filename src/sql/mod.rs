@@ -12,6 +12,8 @@
 //! Planning ([`planner`]) is DataFusion's: types and functions come from it; its errors
 //! are put in Sluice's words, at the offending token, by `diagnose`.
 
+pub mod bounded;
+pub mod depth;
 pub(crate) mod diagnose;
 pub mod options;
 pub mod parser;

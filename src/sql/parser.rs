@@ -8,7 +8,7 @@ use datafusion::sql::sqlparser::ast::{self, Expr};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
-use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan};
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 
 use super::{
     ColumnDef, CreateSink, CreateStream, DropStatement, Located, ObjectKind, Options,
@@ -16,16 +16,25 @@ use super::{
 };
 use crate::error::{Error, Position, Result};
 
-/// Deep nesting in untrusted SQL must fail with an error, not overflow the stack.
-const RECURSION_LIMIT: usize = 64;
+/// sqlparser's own guard against deep recursion. `depth::check_tokens` refuses
+/// nesting past [`crate::limits::MAX_EXPR_DEPTH`] before the parser sees it, with a
+/// clearer message; this is the backstop, above what one level of nesting costs the
+/// parser (up to 3 recursions, for a subquery in brackets), on the stack that
+/// [`crate::limits::with_stack`] gives.
+pub(crate) const RECURSION_LIMIT: usize = 3 * crate::limits::MAX_EXPR_DEPTH + 50;
 
-/// Parses a whole application (one SQL file) into located statements.
+/// Parses a whole application (one SQL file) into located statements, each within
+/// the size and depth limits of [`super::depth`]. Callers run it on a stack sized for
+/// those limits ([`crate::limits::with_stack`]).
 pub fn parse_application(sql: &str) -> Result<Vec<Located>> {
     let dialect = GenericDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| parser_error(e.into()))?;
+    super::depth::check_tokens(&tokens)?;
     let mut p = Parser::new(&dialect)
         .with_recursion_limit(RECURSION_LIMIT)
-        .try_with_sql(sql)
-        .map_err(parser_error)?;
+        .with_tokens_with_locations(tokens);
     let lines = LineIndex::new(sql);
     let mut out = Vec::new();
     loop {
@@ -36,6 +45,7 @@ pub fn parse_application(sql: &str) -> Result<Vec<Located>> {
         }
         let start = pos(first.span.start);
         let statement = parse_statement(&mut p, start).map_err(|e| e.or_at(start))?;
+        check_depth(&statement, start)?;
         let end = p.peek_token();
         match end.token {
             Token::SemiColon | Token::EOF => {}
@@ -59,6 +69,15 @@ pub fn parse_application(sql: &str) -> Result<Vec<Located>> {
         });
     }
     Ok(out)
+}
+
+/// The depth limit, on every expression a statement holds.
+fn check_depth(statement: &Statement, start: Position) -> Result<()> {
+    match statement {
+        Statement::Query(q) => super::depth::check_query_depth(&q.query, start),
+        // The WATERMARK expression is checked as it is parsed (`parse_watermark`).
+        Statement::CreateStream(_) | Statement::CreateSink(_) | Statement::Drop(_) => Ok(()),
+    }
 }
 
 fn parse_statement(p: &mut Parser, start: Position) -> Result<Statement> {
@@ -383,6 +402,7 @@ fn parse_watermark(p: &mut Parser, at: Position) -> Result<WatermarkClause> {
     p.expect_keyword(Keyword::AS).map_err(parser_error)?;
     let expr_at = pos(p.peek_token().span.start);
     let expr = p.parse_expr().map_err(parser_error)?;
+    super::depth::check_expr_depth(&expr, expr_at)?;
     let shape_error = || {
         Error::user_at(
             format!(
@@ -540,7 +560,10 @@ pub(crate) fn parser_error(e: ParserError) -> Error {
     let text = match &e {
         ParserError::TokenizerError(s) | ParserError::ParserError(s) => s.clone(),
         ParserError::RecursionLimitExceeded => {
-            return Error::user("the statement is nested too deeply".to_string());
+            return Error::user(format!(
+                "the statement is nested too deeply: expressions may nest at most {} levels",
+                crate::limits::MAX_EXPR_DEPTH
+            ));
         }
     };
     match text.rfind(" at Line: ") {

@@ -13,8 +13,8 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::catalog::MemoryCatalogProviderList;
 use datafusion::catalog::empty::EmptyTable;
 use datafusion::common::{DFSchema, ScalarValue, TableReference};
-use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::{SessionConfig, SessionContext, SessionState};
+use datafusion::execution::{FunctionRegistry, SessionStateBuilder};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{Expr, ExprSchemable, LogicalPlan, lit};
 use datafusion::optimizer::{Optimizer, OptimizerRule};
@@ -33,6 +33,7 @@ use crate::engine::stateless::StatelessOp;
 use crate::engine::window::WindowSpec;
 use crate::engine::{InputColumn, QueryPlan};
 use crate::error::{Error, Position, Result};
+use crate::limits::MAX_WINDOWS_PER_RECORD;
 
 /// The virtual column every stream has: when the record arrived (ms).
 pub const ARRIVAL_TIME: &str = "arrival_time";
@@ -86,11 +87,17 @@ impl Planner {
             .into_iter()
             .filter(|r| r.name() != "single_distinct_aggregation_to_group_by")
             .collect();
-        let state = SessionStateBuilder::new()
+        let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
             .with_optimizer_rules(rules)
             .build();
+        // Functions whose output a number decides check its size first (a record
+        // that would make too large a value goes to the error output).
+        for f in super::bounded::bounded_functions(state.scalar_functions()) {
+            // Registering over a built-in function returns it; nothing to keep.
+            let _ = state.register_udf(Arc::new(f));
+        }
         Planner { state }
     }
 
@@ -274,7 +281,7 @@ impl Planner {
             ));
         }
         let output_schema = Arc::new(logical.schema().as_arrow().clone());
-        Ok(QueryPlan {
+        let plan = QueryPlan {
             stream: stage.stream.name.clone(),
             input: stage.input,
             input_schema: stage.input_schema,
@@ -283,8 +290,34 @@ impl Planner {
             aggregate: stage.aggregate,
             post: stage.post,
             output_schema,
-        })
+        };
+        for e in expressions(&plan) {
+            super::bounded::check_constants(&e).map_err(|e| e.or_at(at))?;
+        }
+        Ok(plan)
     }
+}
+
+/// Every physical expression a plan evaluates.
+fn expressions(plan: &QueryPlan) -> Vec<Arc<dyn PhysicalExpr>> {
+    let mut out = Vec::new();
+    for op in plan.pre.iter().chain(&plan.post) {
+        match op {
+            StatelessOp::Filter(e) => out.push(Arc::clone(e)),
+            StatelessOp::Project { exprs, .. } => out.extend(exprs.iter().cloned()),
+            StatelessOp::Sort(ordering) => out.extend(ordering.iter().map(|s| Arc::clone(&s.expr))),
+        }
+    }
+    if let Some(a) = &plan.aggregate {
+        out.push(Arc::clone(&a.time));
+        out.extend(a.keys.iter().cloned());
+        for f in &a.aggregates {
+            out.extend(f.expressions());
+            out.extend(f.order_bys().iter().map(|o| Arc::clone(&o.expr)));
+        }
+        out.extend(a.filters.iter().flatten().cloned());
+    }
+    out
 }
 
 /// Completes a planning future that cannot wait on anything: the planning tables are
@@ -537,7 +570,22 @@ impl Lowering<'_> {
                         at,
                     ));
                 }
-                WindowSpec::Hop { slide, size }
+                let spec = WindowSpec::Hop { slide, size };
+                // Every record is added to each of its windows, and each open window
+                // holds state: a slide far below the size multiplies both.
+                let windows = spec.lanes();
+                if windows > MAX_WINDOWS_PER_RECORD {
+                    return Err(Error::user_at(
+                        format!(
+                            "HOP(ts, slide, size) puts every record in {windows} windows (size / \
+                             slide = {size} ms / {slide} ms); at most {MAX_WINDOWS_PER_RECORD} \
+                             are allowed: use a slide of at least {} ms, or a smaller size",
+                            (size + MAX_WINDOWS_PER_RECORD - 1) / MAX_WINDOWS_PER_RECORD
+                        ),
+                        at,
+                    ));
+                }
+                spec
             }
             WindowKind::Session => WindowSpec::Session {
                 gap: ms(&call.args[0])?,
